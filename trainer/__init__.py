@@ -1,0 +1,1 @@
+"""Headline Studio trainer: data, fine-tuning, evaluation and the shared generation code."""
