@@ -1,0 +1,36 @@
+#!/bin/sh
+# Container entrypoint: `api` (default) runs Gunicorn on the repo's gunicorn.conf.py,
+# `train ...` runs the trainer CLI, anything else is executed as given.
+set -eu
+
+# prometheus_client multiprocess mode: stale files from a previous start would be summed in.
+if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete 2>/dev/null || true
+fi
+
+# Container-specific values (Redis host, auth on, ...) are applied on top of config.yml, so
+# the file keeps being the one source for everything else. /tmp is a tmpfs in compose.
+if [ -n "${HEADLINE_CONFIG_SET:-}" ]; then
+    python /usr/local/lib/headline/render_config.py \
+        "${HEADLINE_CONFIG:-/app/config/config.yml}" /tmp/headline-config.yml
+    HEADLINE_CONFIG=/tmp/headline-config.yml
+    export HEADLINE_CONFIG
+fi
+
+case "${1:-api}" in
+    api)
+        shift || true
+        # --bind on the command line wins over gunicorn.conf.py's loopback bind.
+        exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${PORT:-8000}" "$@" 'service:create_app()'
+        ;;
+    train)
+        shift
+        # The progress file is what the trainer container's healthcheck watches.
+        exec headline train --config "$HEADLINE_CONFIG" \
+            --progress-json "${PROGRESS_FILE:-/tmp/progress.jsonl}" "$@"
+        ;;
+    *)
+        exec "$@"
+        ;;
+esac
