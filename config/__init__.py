@@ -217,10 +217,18 @@ class ConfigDocument:
         keys = list(node.keys())
         index = keys.index(leaf)
         above = ""
-        if index == 0:
+        own_pre = (node.ca.items.get(leaf) or [None, None])[1]
+        if own_pre:  # after a flow sequence ruamel keeps the block on the key itself
+            above = "".join(t.value for t in own_pre)
+        elif index == 0:
             above = "".join(t.value for t in (node.ca.comment or [None, []])[1] or [])
         else:
-            token = (node.ca.items.get(keys[index - 1]) or [None] * 3)[2]
+            # After a nested section the block sits on that section's deepest last key.
+            prev_node, prev_key = node, keys[index - 1]
+            while isinstance(prev_node[prev_key], CommentedMap) and prev_node[prev_key]:
+                prev_node = prev_node[prev_key]
+                prev_key = list(prev_node.keys())[-1]
+            token = (prev_node.ca.items.get(prev_key) or [None] * 3)[2]
             if token is not None:
                 _, _, above = token.value.partition("\n")
         # Only the block touching the key: stop at the last blank line.
