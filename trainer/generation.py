@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from config import Config, resolve_path
 from config.schema import GenerationConfig
@@ -48,13 +49,13 @@ class GenerationSettings:
     seed: int | None = None
 
     @classmethod
-    def from_config(cls, gen_cfg: GenerationConfig, **overrides) -> "GenerationSettings":
+    def from_config(cls, gen_cfg: GenerationConfig, **overrides) -> GenerationSettings:
         values = {f.name: getattr(gen_cfg, f.name) for f in fields(cls) if hasattr(gen_cfg, f.name)}
         values["num_return"] = gen_cfg.num_headlines
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def effective(self) -> "GenerationSettings":
+    def effective(self) -> GenerationSettings:
         if self.num_return > 1 and not self.do_sample:
             return replace(self, do_sample=True, seed=0 if self.seed is None else self.seed)
         return self
@@ -114,7 +115,7 @@ class Generator:
 
     # -- loading --------------------------------------------------------------
     @classmethod
-    def load(cls, ref: str, cfg: Config) -> "Generator":
+    def load(cls, ref: str, cfg: Config) -> Generator:
         """Load a run folder (``runs/latest`` included) or any ``model.name`` value."""
         from trainer.modeling import load_model_and_tokenizer, resolve_model_source, weights_version
 
@@ -198,7 +199,7 @@ class Generator:
         return results
 
     def _decode(self, rows: list[list[int]], settings: list[GenerationSettings],
-                gens: list["torch.Generator | None"]) -> tuple[list[list[int]], list[bool]]:
+                gens: list[torch.Generator | None]) -> tuple[list[list[int]], list[bool]]:
         import torch
 
         B = len(rows)
@@ -262,7 +263,7 @@ class Generator:
         return texts, finished
 
     @staticmethod
-    def _sample(logits: "torch.Tensor", s: GenerationSettings, gen: "torch.Generator") -> "torch.Tensor":
+    def _sample(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
         """Top-k, then nucleus (top-p) filtering, then one draw from this row's generator."""
         import torch
 

@@ -18,9 +18,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from config import resolve_path
 from config.schema import LoraConfig, ModelConfig
@@ -154,7 +155,7 @@ def resolve_model_source(name: str, model_cfg: ModelConfig | None = None) -> str
     return name
 
 
-def pick_dtype(precision: str) -> "torch.dtype":
+def pick_dtype(precision: str) -> torch.dtype:
     """auto: bf16 on a CUDA device that supports it, fp32 elsewhere (CPU bf16 is slow)."""
     import torch
 
@@ -164,7 +165,7 @@ def pick_dtype(precision: str) -> "torch.dtype":
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def load_tokenizer(source: str, model_cfg: ModelConfig | None = None) -> "PreTrainedTokenizerBase":
+def load_tokenizer(source: str, model_cfg: ModelConfig | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     model_cfg = model_cfg or ModelConfig()
@@ -186,9 +187,9 @@ def load_model_and_tokenizer(
     name: str,
     model_cfg: ModelConfig | None = None,
     *,
-    dtype: "torch.dtype | None" = None,
+    dtype: torch.dtype | None = None,
     for_training: bool = False,
-) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``name`` (packaged name, hub id or folder) as a causal LM and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -212,7 +213,7 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def apply_lora(model: "PreTrainedModel", lora_cfg: LoraConfig) -> "PreTrainedModel":
+def apply_lora(model: PreTrainedModel, lora_cfg: LoraConfig) -> PreTrainedModel:
     """Wrap ``model`` with LoRA adapters; only the adapters are trainable."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model

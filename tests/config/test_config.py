@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from config import (
     DEFAULT_CONFIG_PATH,
@@ -141,7 +142,7 @@ def test_overrides_use_the_yaml_names_and_types():
 
 def test_config_is_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.learning_rate = 1.0  # type: ignore[misc]
 
 

@@ -1,0 +1,119 @@
+"""trainer.generation: batched decoding equals one-at-a-time, stopping, settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config import load_config
+from trainer.errors import TrainerError
+from trainer.generation import GenerationSettings, Generator, postprocess
+from trainer.modeling import load_model_and_tokenizer
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    return Generator(model, tokenizer, load_config(), name="tiny", version="v1")
+
+
+PROMPTS = [
+    "Theme: oil price\nHeadline:",
+    "Category: sport\nTheme: cup final penalty\nHeadline:",
+    "Theme: phone maker shares\nHeadline:",
+]
+
+
+def test_batched_equals_one_at_a_time_with_mixed_settings(generator):
+    settings = [
+        GenerationSettings(max_new_tokens=10),
+        GenerationSettings(do_sample=True, seed=3, temperature=0.9, top_k=20, max_new_tokens=6),
+        GenerationSettings(do_sample=True, seed=11, top_p=0.5, repetition_penalty=1.5, num_return=3),
+    ]
+    batched = generator.generate(PROMPTS, settings)
+    alone = [generator.generate([p], [s])[0] for p, s in zip(PROMPTS, settings)]
+    assert [b.texts for b in batched] == [a.texts for a in alone]
+    assert [b.completion_tokens for b in batched] == [a.completion_tokens for a in alone]
+    assert [len(b.texts) for b in batched] == [1, 1, 3]
+
+
+def test_seeds_repeat_and_differ(generator):
+    s = GenerationSettings(do_sample=True, seed=5, temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=8)
+    first = generator.generate([PROMPTS[0]], s)[0].texts
+    assert generator.generate([PROMPTS[0]], s)[0].texts == first
+    other = generator.generate([PROMPTS[0]], GenerationSettings(**{**s.__dict__, "seed": 6}))[0].texts
+    assert other != first
+
+
+def test_max_new_tokens_bounds_each_row(generator):
+    out = generator.generate(PROMPTS[:2], [GenerationSettings(max_new_tokens=3),
+                                            GenerationSettings(max_new_tokens=7)])
+    assert out[0].completion_tokens <= 3 and out[1].completion_tokens <= 7
+    assert out[0].prompt_tokens == generator.count_tokens(PROMPTS[0])
+
+
+def test_stops_at_eos_and_newline(generator):
+    """Make EOS the only likely token after the prompt: decoding must stop at once."""
+    import torch
+
+    model = generator.model
+    eos = generator.tokenizer.eos_token_id
+    with torch.no_grad():
+        saved = model.lm_head.weight.clone()
+        bias = torch.zeros(model.config.vocab_size)
+        bias[eos] = 100.0
+        hook = model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        out = generator.generate([PROMPTS[0]], GenerationSettings(max_new_tokens=10))[0]
+    finally:
+        hook.remove()
+        model.lm_head.weight.data.copy_(saved)
+    assert out.texts == [""] and out.finished == [True] and out.completion_tokens == 0
+
+
+def test_greedy_with_several_headlines_samples_deterministically(generator):
+    s = GenerationSettings(num_return=3, max_new_tokens=6)
+    assert s.deterministic and s.effective().do_sample and s.effective().seed == 0
+    a = generator.generate([PROMPTS[0]], s)[0].texts
+    assert a == generator.generate([PROMPTS[0]], s)[0].texts
+    assert not GenerationSettings(do_sample=True).deterministic
+
+
+def test_settings_from_config_and_overrides():
+    cfg = load_config()
+    s = GenerationSettings.from_config(cfg.generation, temperature=0.3, seed=None)
+    assert s.temperature == 0.3
+    assert s.max_new_tokens == cfg.generation.max_new_tokens
+    assert s.num_return == cfg.generation.num_headlines
+    assert s.repetition_penalty == cfg.generation.repetition_penalty
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [(" Oil prices hit record\nContext: more", "Oil prices hit record"),
+     ('  "Quoted   headline" ', "Quoted headline"),
+     ("\n", ""),
+     ("Plain", "Plain")],
+)
+def test_postprocess(raw, clean):
+    assert postprocess(raw) == clean
+
+
+def test_load_run_folder_and_missing_latest(tmp_path, tiny_model_dir):
+    import shutil
+
+    cfg = load_config()
+    run = tmp_path / "runs" / "20260101-000000-test"
+    shutil.copytree(tiny_model_dir, run / "model")
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "version": "abc123abc123",
+                                              "base_model": "tiny", "status": "finished"}))
+    (run / "eval.json").write_text(json.dumps({"fine_tuned": {"rouge1": 0.3}}))
+    (tmp_path / "runs" / "latest").symlink_to(run.name)
+    gen = Generator.load(str(tmp_path / "runs" / "latest"), cfg)
+    assert gen.info == {"name": "tiny", "run": run.name, "version": "abc123abc123"}
+    assert gen.eval_scores["fine_tuned"]["rouge1"] == 0.3
+    with pytest.raises(TrainerError, match="no finished run"):
+        Generator.load(str(tmp_path / "other" / "latest"), cfg)
+    gen = Generator.load(str(tiny_model_dir), cfg)
+    assert gen.info["run"] is None and len(gen.info["version"]) == 12
