@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
 import logging
@@ -35,6 +36,8 @@ MAX_DROPPED_EXAMPLES = 50
 # Undecodable bytes survive decoding as lone surrogates (U+DC80-U+DCFF), see _read_text.
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _WHITESPACE = re.compile(r"\s+")
+# HTML character references left in scraped text ("&#163;1.8m fine"); only full ones with ';'.
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _EXTENSIONS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -373,6 +376,10 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
             report.repair("undecodable_bytes", undecodable)
             report.repair("rows_with_undecodable_bytes")
             fields = {k: _SURROGATES.sub("\ufffd", v) if v else v for k, v in fields.items()}
+        entities = sum(len(_ENTITY.findall(v)) for v in fields.values() if v)
+        if entities:
+            report.repair("html_entities", entities)
+            fields = {k: _ENTITY.sub(lambda m: html.unescape(m.group()), v) if v else v for k, v in fields.items()}
         title = _normalize(fields["title"] or "")
         text = _normalize(fields["text"] or "")
         category = _normalize(fields["category"] or "") or None
