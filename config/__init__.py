@@ -13,8 +13,9 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
@@ -121,7 +122,7 @@ class ConfigDocument:
 
     # -- reading --------------------------------------------------------------
     @classmethod
-    def from_text(cls, text: str, path: Path | None = None) -> "ConfigDocument":
+    def from_text(cls, text: str, path: Path | None = None) -> ConfigDocument:
         source = str(path) if path else "<config>"
         try:
             tree = _yaml().load(text)
@@ -138,7 +139,7 @@ class ConfigDocument:
         return cls(tree, path, text)
 
     @classmethod
-    def read(cls, path: str | os.PathLike = DEFAULT_CONFIG_PATH) -> "ConfigDocument":
+    def read(cls, path: str | os.PathLike = DEFAULT_CONFIG_PATH) -> ConfigDocument:
         path = Path(path)
         try:
             raw = path.read_bytes()

@@ -8,7 +8,7 @@ the wizard's field names. Ranges live here (``ge``/``le``), cross-field rules in
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,11 +35,11 @@ class ModelConfig(Section):
     revision: str = Field("main", min_length=1)
     cache_dir: str = Field(".cache/models", min_length=1)
     method: Literal["full", "lora"] = "full"
-    lora: Optional[LoraConfig] = None
+    lora: LoraConfig | None = None
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
-    def _lora_only_with_lora(self) -> "ModelConfig":
+    def _lora_only_with_lora(self) -> ModelConfig:
         if self.method == "lora" and self.lora is None:
             raise ValueError("model.lora: required when model.method is 'lora'")
         if self.method != "lora" and self.lora is not None:
@@ -53,7 +53,7 @@ class ModelConfig(Section):
 class ColumnsConfig(Section):
     title: str = Field("title", min_length=1)
     text: str = Field("text", min_length=1)
-    category: Optional[str] = "category"
+    category: str | None = "category"
 
 
 class SplitConfig(Section):
@@ -61,7 +61,7 @@ class SplitConfig(Section):
     test: float = Field(0.1, gt=0.0, lt=0.5)
 
     @model_validator(mode="after")
-    def _leaves_training_data(self) -> "SplitConfig":
+    def _leaves_training_data(self) -> SplitConfig:
         if self.validation + self.test >= 0.6:
             raise ValueError(
                 "data.split: validation + test must be < 0.6 "
@@ -80,12 +80,12 @@ class DataConfig(Section):
     max_title_words: int = Field(20, ge=1, le=100)
     min_text_chars: int = Field(40, ge=0)
     max_text_chars: int = Field(20000, ge=100)
-    max_examples: Optional[int] = Field(None, ge=10)
+    max_examples: int | None = Field(None, ge=10)
     split: SplitConfig = SplitConfig()
     seed: int = Field(42, ge=0)
 
     @model_validator(mode="after")
-    def _ranges(self) -> "DataConfig":
+    def _ranges(self) -> DataConfig:
         if self.min_title_words > self.max_title_words:
             raise ValueError(
                 f"data.min_title_words: must be <= data.max_title_words "
@@ -112,7 +112,7 @@ class PromptConfig(Section):
     article_max_tokens: int = Field(192, ge=16, le=2048)
 
     @model_validator(mode="after")
-    def _placeholders(self) -> "PromptConfig":
+    def _placeholders(self) -> PromptConfig:
         needs = {
             "theme_template": ("{theme}",),
             "theme_category_template": ("{theme}", "{category}"),
@@ -131,7 +131,7 @@ class TrainConfig(Section):
     output_dir: str = Field("runs", min_length=1)
     run_name: str = Field("headline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     epochs: float = Field(3.0, gt=0.0, le=100.0)
-    max_steps: Optional[int] = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, le=512)
     grad_accum: int = Field(1, ge=1, le=256)
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
@@ -146,12 +146,12 @@ class TrainConfig(Section):
     eval_steps: int = Field(25, ge=1)
     save_steps: int = Field(25, ge=1)
     logging_steps: int = Field(5, ge=1)
-    early_stopping_patience: Optional[int] = Field(3, ge=1)
+    early_stopping_patience: int | None = Field(3, ge=1)
     save_total_limit: int = Field(2, ge=1)
-    num_threads: Optional[int] = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _steps(self) -> "TrainConfig":
+    def _steps(self) -> TrainConfig:
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(
                 f"train.warmup_steps: must be <= train.max_steps "
@@ -166,7 +166,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    max_examples: Optional[int] = Field(100, ge=1)
+    max_examples: int | None = Field(100, ge=1)
     batch_size: int = Field(16, ge=1, le=512)
     compare_base: bool = True
     examples_shown: int = Field(10, ge=0, le=100)
@@ -181,7 +181,7 @@ class GenerationConfig(Section):
     top_k: int = Field(50, ge=0, le=1000)
     repetition_penalty: float = Field(1.2, ge=1.0, le=5.0)
     num_headlines: int = Field(1, ge=1, le=10)
-    seed: Optional[int] = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0)
 
 
 class CacheConfig(Section):
@@ -228,7 +228,7 @@ class ServiceConfig(Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
 
     @model_validator(mode="after")
-    def _article_fits(self) -> "ServiceConfig":
+    def _article_fits(self) -> ServiceConfig:
         if self.max_prompt_chars > self.max_body_bytes:
             raise ValueError(
                 "service.max_prompt_chars: must be <= service.max_body_bytes "
