@@ -1,0 +1,163 @@
+"""The Flask application factory (the Flask tutorial's ``create_app`` pattern).
+
+Under Gunicorn (``deploy/gunicorn.conf.py``, ``preload_app = False``) each
+worker calls ``create_app()`` after fork, so each loads its own model: torch
+and fork do not mix. Tests pass a ``Config`` and a ready ``generator``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import Config, load_config
+from service import metrics
+from service.cache import ResponseCache
+from service.engine import Engine
+from service.guards import required_scope
+from service.model import ModelHost
+from service.schemas import ErrorSchema
+from service.views import register_views
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static" / "swagger-ui"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+API_DESCRIPTION = """\
+Headlines from a fine-tuned language model.
+
+* `POST /prompt` is the original contract: `{"prompt": theme, "max_len": tokens}` → `{"response": headline}`.
+* `POST /v1/headlines` takes a theme or an article and every generation setting.
+* Every error has one shape: `{"code", "status", "message", "errors"}`; a 422 names each bad field.
+* Deterministic requests are cached (see the `X-Cache` header); send `Cache-Control: no-cache` to skip it.
+"""
+
+
+def _config_from_env() -> Config:
+    """config.yml from HEADLINE_CONFIG (default: the package's), HEADLINE_REDIS_URL on top."""
+    overrides = []
+    if os.environ.get("HEADLINE_REDIS_URL"):
+        overrides.append(f"service.cache.redis_url={os.environ['HEADLINE_REDIS_URL']}")
+    return load_config(os.environ.get("HEADLINE_CONFIG") or None, overrides)
+
+
+def create_app(config: Config | None = None, *, generator=None) -> Flask:
+    """Build the app. ``generator``: a ready Generator (tests), a zero-argument loader run in a
+    background thread (the app answers 503 until it returns), or None to load ``service.model``
+    (``HEADLINE_MODEL`` overrides it) now."""
+    cfg = config or _config_from_env()
+    svc = cfg.service
+
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        MAX_CONTENT_LENGTH=svc.max_body_bytes,
+        API_TITLE="Headline Studio",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/swagger",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/index.html",
+        # Relative to /swagger/index.html: the vendored assets, so the page works offline and
+        # behind a path prefix (X-Forwarded-Prefix).
+        OPENAPI_SWAGGER_UI_URL="static/",
+        OPENAPI_SWAGGER_UI_CONFIG={"tryItOutEnabled": False, "displayRequestDuration": True},
+        API_SPEC_OPTIONS={"info": {"description": API_DESCRIPTION,
+                                   "license": {"name": "Apache-2.0"}}},
+    )
+    # One proxy (Nginx) in front sets X-Forwarded-For/Proto/Host/Port/Prefix.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+    app.add_url_rule("/swagger/static/<path:filename>", endpoint="swagger_static",
+                     view_func=_swagger_static)
+
+    host = ModelHost(cfg)
+    cache = None
+    if svc.cache.enabled:
+        cache = ResponseCache(svc.cache, on_event=lambda e: metrics.CACHE_EVENTS.labels(e).inc())
+    engine = Engine(cfg, host, cache)
+    host.on_ready(engine.start_batcher)
+    app.extensions["headline"] = engine
+
+    api = _Api(app)
+    register_views(api, engine)
+    _register_hooks(app, api, engine)
+
+    background = generator is not None and not hasattr(generator, "generate") and callable(generator)
+    host.start(generator, background=background)
+    metrics.MODEL_READY.set(1 if host.ready else 0)
+    atexit.register(engine.close)
+    return app
+
+
+class _Api(Api):
+    # Our documented error schema (with examples) is the one the spec names "Error".
+    ERROR_SCHEMA = ErrorSchema
+
+
+def _swagger_static(filename: str) -> Response:
+    from flask import send_from_directory
+
+    return send_from_directory(STATIC_DIR, filename, max_age=86400)
+
+
+def _register_hooks(app: Flask, api: Api, engine: Engine) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        metrics.INFLIGHT.inc()
+        g.inflight = True
+        if engine.guards and request.endpoint in app.view_functions:
+            scope = required_scope(app.view_functions[request.endpoint])
+            for guard in engine.guards:
+                guard.before(request, scope)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        if g.get("x_cache"):
+            response.headers["X-Cache"] = g.x_cache
+        for guard in engine.guards:
+            guard.after(request, response)
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        status = str(response.status_code)
+        metrics.REQUESTS.labels(route, request.method, status).inc()
+        if "t0" in g:
+            metrics.REQUEST_LATENCY.labels(route, status).observe(time.perf_counter() - g.t0)
+        return response
+
+    @app.teardown_request
+    def _teardown(exc) -> None:
+        if g.pop("inflight", False):
+            metrics.INFLIGHT.dec()
+
+    def handle_http(error: HTTPException):
+        payload, code, headers = api.handle_http_exception(error)
+        headers = dict(headers or {})
+        if code == 405 and getattr(error, "valid_methods", None):
+            headers.setdefault("Allow", ", ".join(error.valid_methods))
+        if code == 413 and "message" not in payload:
+            payload["message"] = f"the request body is larger than {engine.cfg.service.max_body_bytes} bytes"
+        if code == 404 and "message" not in payload:
+            payload["message"] = f"no such endpoint: {request.path}; see /swagger/index.html"
+        return payload, code, headers
+
+    def handle_unexpected(error: Exception):
+        rid = g.get("request_id", "-")
+        log.exception("unhandled error (request %s, %s %s)", rid, request.method, request.path)
+        return {"code": 500, "status": "Internal Server Error",
+                "message": f"internal error; request id {rid}"}, 500
+
+    app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(Exception, handle_unexpected)

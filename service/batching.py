@@ -1,0 +1,148 @@
+"""Dynamic micro-batching: concurrent requests of one worker share a model call.
+
+Request threads (Gunicorn gthread) put a job on a queue and wait on its future.
+One generation thread takes the first job, waits up to ``window_ms`` for more
+(at most ``max_batch_size``), splits them into groups that run well together
+(``group_key``) and calls ``generate(prompts, settings_list)`` once per group.
+The Generator takes one settings object per prompt (own sampling parameters and
+seed) and its batched output equals one-at-a-time output, so each request gets
+exactly the result it would have got alone.
+
+Only this thread touches the model: torch inference is not made thread-safe by
+HF, and one thread with batches beats many threads fighting for the cores.
+With batching off the same thread runs one request at a time (the honest
+baseline for the benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+log = logging.getLogger(__name__)
+
+GenerateFn = Callable[[list[str], list[Any]], Sequence[Any]]
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was shut down; no more jobs are accepted."""
+
+
+@dataclass
+class _Job:
+    prompt: str
+    settings: Any
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def one_group(settings: Any) -> Hashable:
+    """Default grouping: any mix of settings can share a batch (the Generator takes them per prompt)."""
+    return 0
+
+
+class MicroBatcher:
+    """A queue and one generation thread; ``submit`` blocks until the request's own result is ready."""
+
+    def __init__(
+        self,
+        generate: GenerateFn,
+        *,
+        window_ms: float = 10.0,
+        max_batch_size: int = 8,
+        group_key: Callable[[Any], Hashable] = one_group,
+        on_batch: Callable[[int], None] | None = None,
+        on_queue_wait: Callable[[float], None] | None = None,
+        name: str = "headline-batcher",
+    ):
+        self._generate = generate
+        self.window_s = max(0.0, window_ms) / 1000.0
+        self.max_batch_size = max(1, int(max_batch_size))
+        self._group_key = group_key
+        self._on_batch = on_batch or (lambda n: None)
+        self._on_queue_wait = on_queue_wait or (lambda s: None)
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._closed = threading.Event()
+        self.batches = 0  # model calls made; read by tests and /readyz
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- request side ---------------------------------------------------------
+    def submit_async(self, prompt: str, settings: Any) -> Future:
+        if self._closed.is_set():
+            raise BatcherClosed("the generation queue is closed")
+        job = _Job(prompt, settings)
+        self._queue.put(job)
+        return job.future
+
+    def submit(self, prompt: str, settings: Any, timeout: float | None = None) -> Any:
+        """Generate for one prompt; returns the Generator's result for it (raises its error)."""
+        return self.submit_async(prompt, settings).result(timeout=timeout)
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- generation thread ----------------------------------------------------
+    def _collect(self, first: _Job) -> list[_Job]:
+        jobs = [first]
+        deadline = time.perf_counter() + self.window_s
+        while len(jobs) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:  # close(): finish what we hold, then stop
+                self._queue.put(None)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs = self._collect(first) if self.max_batch_size > 1 else [first]
+            groups: dict[Hashable, list[_Job]] = {}
+            for job in jobs:
+                if job.future.set_running_or_notify_cancel():
+                    groups.setdefault(self._group_key(job.settings), []).append(job)
+            for group in groups.values():
+                self._run_group(group)
+        # Fail anything left so that no request thread waits forever.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(BatcherClosed("the generation queue is closed"))
+
+    def _run_group(self, group: list[_Job]) -> None:
+        start = time.perf_counter()
+        for job in group:
+            self._on_queue_wait(start - job.enqueued)
+        self._on_batch(len(group))
+        self.batches += 1
+        try:
+            results = self._generate([j.prompt for j in group], [j.settings for j in group])
+            if len(results) != len(group):
+                raise RuntimeError(f"generate returned {len(results)} results for {len(group)} prompts")
+        except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
+            log.exception("generation failed for a batch of %d", len(group))
+            for job in group:
+                job.future.set_exception(exc)
+            return
+        for job, result in zip(group, results):
+            job.future.set_result(result)

@@ -1,0 +1,122 @@
+"""One request's way to headlines: readiness, cache, token limits, the batcher.
+
+``Engine`` is the per-app state kept in ``app.extensions["headline"]``. The
+views validate input (schemas) and call ``Engine.headlines``; everything about
+how an answer is produced lives here so that both endpoints share it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flask_smorest import abort
+
+from config import Config
+from service import metrics
+from service.batching import MicroBatcher
+from service.cache import BYPASS, ResponseCache, cache_key
+from service.guards import Guard
+from service.model import ModelHost
+from service.schemas import normalize_text
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "5"
+
+
+@dataclass
+class Answer:
+    headlines: list[str]
+    usage: dict[str, int]
+    cached: bool
+    outcome: str  # X-Cache: HIT | MISS | BYPASS
+
+
+@dataclass
+class Engine:
+    cfg: Config
+    host: ModelHost
+    cache: ResponseCache | None
+    batcher: MicroBatcher | None = None
+    # Issue 6 plugs API keys, rate limits and the concurrency cap in here (see service.guards).
+    guards: list[Guard] = field(default_factory=list)
+    generation_timeout_s: float = 120.0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start_batcher(self, generator: Any) -> None:
+        b = self.cfg.service.batching
+        self.batcher = MicroBatcher(
+            generator.generate,
+            # Off = one request per model call, still on the one generation thread.
+            window_ms=b.window_ms if b.enabled else 0.0,
+            max_batch_size=b.max_batch_size if b.enabled else 1,
+            on_batch=metrics.BATCH_SIZE.observe,
+            on_queue_wait=metrics.QUEUE_WAIT.observe,
+        )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def require_ready(self) -> Any:
+        if not self.host.ready or self.batcher is None:
+            message = self.host.error or "the model is still loading; retry shortly"
+            abort(503, message=message, headers={"Retry-After": RETRY_AFTER_S})
+        return self.host.generator
+
+    def settings(self, **overrides: Any) -> Any:
+        from trainer.generation import GenerationSettings
+
+        return GenerationSettings.from_config(self.cfg.generation, **overrides)
+
+    # -- the one generation path -------------------------------------------------
+    def headlines(self, *, theme: str | None = None, article: str | None = None,
+                  category: str | None = None, field_name: str, no_cache: bool = False,
+                  **overrides: Any) -> Answer:
+        """Headlines for one request. ``field_name`` is the input field named in a 422."""
+        gen = self.require_ready()
+        theme = normalize_text(theme) if theme is not None else None
+        article = normalize_text(article) if article is not None else None
+        category = normalize_text(category) if category else None
+        settings = self.settings(**overrides)
+        key = None
+        if settings.deterministic:
+            key = cache_key(gen.info.get("version") or "unknown", {
+                "theme": theme, "article": article, "category": category,
+                "settings": asdict(settings.effective()),
+                # A change of prompt templates changes the answers of the same weights.
+                "prompt": self._prompt_fingerprint,
+            })
+
+        def produce() -> dict:
+            prompt = gen.prompt(theme=theme, article=article, category=category)
+            tokens = gen.count_tokens(prompt)
+            limit = self.cfg.service.max_input_tokens
+            if tokens > limit:
+                abort(422, message=f"{field_name}: the prompt is {tokens} tokens, more than {limit}",
+                      errors={"json": {field_name: [f"too long: {tokens} tokens, at most {limit}"]}})
+            try:
+                result = self.batcher.submit(prompt, settings, timeout=self.generation_timeout_s)
+            except concurrent.futures.TimeoutError:
+                abort(503, message="generation timed out; retry", headers={"Retry-After": RETRY_AFTER_S})
+            metrics.GENERATED_TOKENS.inc(result.completion_tokens)
+            return {"headlines": list(result.texts),
+                    "usage": {"prompt_tokens": result.prompt_tokens,
+                              "completion_tokens": result.completion_tokens}}
+
+        if self.cache is None:
+            metrics.CACHE_EVENTS.labels("bypass").inc()
+            value, outcome = produce(), BYPASS
+        else:
+            value, outcome = self.cache.get_or_generate(key, produce, read=not no_cache)
+        return Answer(value["headlines"], value["usage"], outcome == "HIT", outcome)
+
+    @functools.cached_property
+    def _prompt_fingerprint(self) -> dict:
+        return self.cfg.prompt.model_dump(mode="json")

@@ -1,0 +1,153 @@
+"""Marshmallow schemas of the API: request validation and the OpenAPI document.
+
+Limits and defaults come from config.yml (``service`` and ``generation``), so
+the schemas are built per app by ``make_schemas``; the OpenAPI document then
+shows the limits (maxLength, minimum/maximum) and defaults that are enforced.
+Unknown fields are refused with 422 naming them (marshmallow's RAISE).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from types import SimpleNamespace
+
+import marshmallow as ma
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from config import Config
+
+CATEGORY_MAX_CHARS = 64
+
+
+def normalize_text(text: str) -> str:
+    """NFC, whitespace runs to one space, trimmed: how the trainer cleaned its data (and the cache key)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("must not be empty or only whitespace")
+
+
+class ErrorSchema(ma.Schema):
+    """The one error shape of every non-2xx answer (flask-smorest's)."""
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code", "example": 422})
+    status = fields.String(required=True, metadata={"description": "HTTP status name",
+                                                    "example": "Unprocessable Entity"})
+    message = fields.String(metadata={"description": "What went wrong, for a human"})
+    errors = fields.Dict(metadata={
+        "description": "Per location and field, the list of problems: {\"json\": {\"field\": [\"...\"]}}",
+        "example": {"json": {"max_len": ["Must be greater than or equal to 1 and less than or equal to 64."]}},
+    })
+
+
+class ModelInfoSchema(ma.Schema):
+    name = fields.String(allow_none=True, metadata={"description": "Base model the run started from",
+                                                    "example": "smollm2-135m-instruct"})
+    run = fields.String(allow_none=True, metadata={"description": "Run id (null for a base model)",
+                                                   "example": "20260101-120000-headline"})
+    version = fields.String(allow_none=True, metadata={"description": "12 hex of the weights' sha256",
+                                                       "example": "3f2a9c0d81be"})
+
+
+class UsageSchema(ma.Schema):
+    prompt_tokens = fields.Integer(metadata={"description": "Tokens in the prompt", "example": 9})
+    completion_tokens = fields.Integer(metadata={"description": "Tokens generated (all headlines)",
+                                                 "example": 11})
+
+
+class HeadlinesResponseSchema(ma.Schema):
+    headlines = fields.List(fields.String(), metadata={
+        "description": "n headlines", "example": ["Oil prices climb as supply fears grow"]})
+    model = fields.Nested(ModelInfoSchema, metadata={"description": "The model that wrote them"})
+    cached = fields.Boolean(metadata={"description": "True when served from the cache (X-Cache: HIT)"})
+    usage = fields.Nested(UsageSchema)
+
+
+class PromptResponseSchema(ma.Schema):
+    response = fields.String(metadata={"description": "The headline",
+                                       "example": "Oil prices climb as supply fears grow"})
+
+
+class ModelsResponseSchema(ma.Schema):
+    model = fields.Nested(ModelInfoSchema)
+    source = fields.String(metadata={"description": "service.model (or HEADLINE_MODEL): what was loaded",
+                                     "example": "runs/latest"})
+    run_dir = fields.String(allow_none=True, metadata={"description": "Resolved run folder, if any"})
+    state = fields.String(metadata={"description": "loading | ready | failed", "example": "ready"})
+    loaded_at = fields.Float(allow_none=True, metadata={"description": "Unix time the model became ready"})
+    load_seconds = fields.Float(allow_none=True, metadata={"description": "Load + warm-up time, seconds"})
+    eval = fields.Dict(allow_none=True, metadata={
+        "description": "The run's eval.json (scores of the fine-tuned model, and of the base model "
+                       "when compared); null when the run was not evaluated"})
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(metadata={"example": "ok"})
+
+
+class ReadySchema(ma.Schema):
+    status = fields.String(metadata={"description": "ready, or degraded (serving, but Redis unavailable: "
+                                                    "answers are not cached)", "example": "ready"})
+    model = fields.Nested(ModelInfoSchema)
+    redis = fields.String(metadata={"description": "ok | unavailable | disabled", "example": "ok"})
+    batching = fields.Dict(metadata={"description": "Micro-batching settings and queue depth"})
+
+
+def make_schemas(cfg: Config) -> SimpleNamespace:
+    """Request schemas with this config's limits and defaults."""
+    svc, gen = cfg.service, cfg.generation
+    max_tokens = validate.Range(min=1, max=svc.max_new_tokens_limit)
+
+    class PromptRequestSchema(ma.Schema):
+        """The original contract: a theme in, one headline out."""
+
+        prompt = fields.String(required=True, validate=[validate.Length(min=1, max=svc.max_prompt_chars),
+                                                        _not_blank],
+                               metadata={"description": f"The theme of the headline (1-{svc.max_prompt_chars} "
+                                                        "characters)", "example": "oil price"})
+        max_len = fields.Integer(load_default=gen.max_new_tokens, validate=max_tokens, metadata={
+            "description": f"Most tokens generated (1-{svc.max_new_tokens_limit})", "example": 50})
+
+    class HeadlinesRequestSchema(ma.Schema):
+        """Exactly one of theme or article; every other field has the config.yml default."""
+
+        theme = fields.String(validate=[validate.Length(min=1, max=svc.max_prompt_chars), _not_blank],
+                              metadata={"description": "A short theme (or give article)",
+                                        "example": "oil price"})
+        article = fields.String(validate=[validate.Length(min=1, max=svc.max_article_chars), _not_blank],
+                                metadata={"description": "An article body to title (or give theme); it is "
+                                                         "cut to prompt.article_max_tokens tokens"})
+        category = fields.String(load_default=None, allow_none=True,
+                                 validate=[validate.Length(min=1, max=CATEGORY_MAX_CHARS), _not_blank],
+                                 metadata={"description": "Optional category, e.g. business",
+                                           "example": "business"})
+        n = fields.Integer(load_default=gen.num_headlines, validate=validate.Range(min=1, max=10), metadata={
+            "description": "Headlines to return (1-10); n > 1 samples, with seed 0 when no seed is given"})
+        max_new_tokens = fields.Integer(load_default=gen.max_new_tokens, validate=max_tokens, metadata={
+            "description": f"Most tokens per headline (1-{svc.max_new_tokens_limit})"})
+        do_sample = fields.Boolean(load_default=gen.do_sample, metadata={
+            "description": "false = greedy (deterministic, cached); true = sample with the settings below"})
+        temperature = fields.Float(load_default=gen.temperature,
+                                   validate=validate.Range(min=0, max=5, min_inclusive=False),
+                                   metadata={"description": "Sampling temperature (0-5], lower = safer"})
+        top_p = fields.Float(load_default=gen.top_p, validate=validate.Range(min=0, max=1, min_inclusive=False),
+                             metadata={"description": "Nucleus sampling mass (0-1]"})
+        top_k = fields.Integer(load_default=gen.top_k, validate=validate.Range(min=0, max=1000),
+                               metadata={"description": "Keep the k most likely tokens (0 = no limit)"})
+        repetition_penalty = fields.Float(load_default=gen.repetition_penalty,
+                                          validate=validate.Range(min=1, max=5),
+                                          metadata={"description": "Penalty on repeated tokens [1-5]"})
+        seed = fields.Integer(load_default=gen.seed, allow_none=True,
+                              validate=validate.Range(min=0, max=2**63 - 1),
+                              metadata={"description": "Sampling seed: repeatable and cacheable output "
+                                                       "(null = random, not cached)"})
+
+        @validates_schema
+        def _one_input(self, data, **kwargs):
+            if ("theme" in data) == ("article" in data):
+                field = "article" if "theme" in data else "theme"
+                raise ValidationError("give exactly one of theme or article", field)
+
+    return SimpleNamespace(PromptRequest=PromptRequestSchema, HeadlinesRequest=HeadlinesRequestSchema)

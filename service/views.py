@@ -1,0 +1,204 @@
+"""The API's blueprints: one per resource, one MethodView per URL (flask-smorest).
+
+Built per app by ``register_views`` because the request schemas carry the
+config's limits and defaults. Every non-2xx answer goes through
+``flask_smorest.abort`` (or an error handler) and has the one error shape.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, g, make_response, request
+from flask.views import MethodView
+from flask_smorest import Api, Blueprint
+
+from service import metrics
+from service.engine import Engine
+from service.schemas import (
+    ErrorSchema,
+    HealthSchema,
+    HeadlinesResponseSchema,
+    ModelsResponseSchema,
+    PromptResponseSchema,
+    ReadySchema,
+    make_schemas,
+)
+
+# (description, example message) of each error answer, for the OpenAPI document.
+_ERRORS = {
+    400: ("Malformed JSON body", "The request body is not valid JSON."),
+    413: ("Body larger than service.max_body_bytes", "The data value transmitted exceeds the capacity limit."),
+    422: ("Invalid input; `errors.json` names each bad field", None),
+    500: ("Unexpected error; the message carries the request id to quote (no details)",
+          "internal error; request id 6f1c2a"),
+    503: ("Model not ready (loading or failed) or generation timed out; see Retry-After",
+          "the model is still loading; retry shortly"),
+}
+
+_X_CACHE = {"X-Cache": {"description": "HIT (from Redis), MISS (generated, then stored) or BYPASS "
+                                       "(not cacheable, Cache-Control: no-cache, or Redis unavailable)",
+                        "schema": {"type": "string", "enum": ["HIT", "MISS", "BYPASS"]}},
+            "X-Request-ID": {"description": "The request id (from Nginx or the client, else generated)",
+                             "schema": {"type": "string"}}}
+
+
+def _documented_errors(blp: Blueprint, *codes: int):
+    """Decorator adding alt_response for each error code, with the error schema and an example."""
+    def decorate(func):
+        for code in codes:
+            description, message = _ERRORS[code]
+            example = {"code": code, "status": _status_name(code)}
+            if message:
+                example["message"] = message
+            if code == 422:
+                example["errors"] = {"json": {"max_len": ["Must be greater than or equal to 1 and "
+                                                          "less than or equal to 64."]}}
+            func = blp.alt_response(code, schema=ErrorSchema, description=description, example=example)(func)
+        return func
+    return decorate
+
+
+def _status_name(code: int) -> str:
+    from http import HTTPStatus
+
+    return HTTPStatus(code).phrase
+
+
+def _engine() -> Engine:
+    return current_app.extensions["headline"]
+
+
+def _no_cache() -> bool:
+    return "no-cache" in request.headers.get("Cache-Control", "").lower()
+
+
+def register_views(api: Api, engine: Engine) -> None:
+    schemas = make_schemas(engine.cfg)
+    gen_errors = (400, 413, 422, 500, 503)
+
+    # -- generation -------------------------------------------------------------------
+    generate = Blueprint("generate", __name__, description="Write headlines")
+
+    @generate.route("/prompt")
+    class Prompt(MethodView):
+        required_scope = "generate"
+
+        @generate.arguments(schemas.PromptRequest, example={"prompt": "oil price", "max_len": 50})
+        @generate.response(200, PromptResponseSchema, headers=_X_CACHE,
+                           example={"response": "Oil prices climb as supply fears grow"})
+        @_documented_errors(generate, *gen_errors)
+        def post(self, body):
+            """One headline for a theme (the original contract)
+
+            `prompt` is the theme, `max_len` bounds the generated tokens. Other generation
+            settings are config.yml's `generation` section. Send `Cache-Control: no-cache`
+            to skip the cache.
+            """
+            answer = _engine().headlines(theme=body["prompt"], field_name="prompt", no_cache=_no_cache(),
+                                         max_new_tokens=body["max_len"], num_return=1)
+            g.generated_tokens = answer.usage["completion_tokens"]
+            g.x_cache = answer.outcome
+            return {"response": answer.headlines[0] if answer.headlines else ""}
+
+    @generate.route("/v1/headlines")
+    class Headlines(MethodView):
+        required_scope = "generate"
+
+        @generate.arguments(schemas.HeadlinesRequest, example={"theme": "oil price", "category": "business",
+                                                               "n": 2, "seed": 7})
+        @generate.response(200, HeadlinesResponseSchema, headers=_X_CACHE, example={
+            "headlines": ["Oil prices climb as supply fears grow", "Oil jumps to a two-year high"],
+            "model": {"name": "smollm2-135m-instruct", "run": "20260101-120000-headline",
+                      "version": "3f2a9c0d81be"},
+            "cached": False, "usage": {"prompt_tokens": 9, "completion_tokens": 17}})
+        @_documented_errors(generate, *gen_errors)
+        def post(self, body):
+            """n headlines for a theme or an article
+
+            Deterministic requests (greedy, or sampling with a `seed`) are cached in Redis;
+            `X-Cache` says HIT, MISS or BYPASS, and `Cache-Control: no-cache` skips the
+            cache. Concurrent requests are generated together in micro-batches; each gets
+            exactly the answer it would get alone.
+            """
+            field_name = "theme" if "theme" in body else "article"
+            engine = _engine()
+            answer = engine.headlines(
+                theme=body.get("theme"), article=body.get("article"), category=body.get("category"),
+                field_name=field_name, no_cache=_no_cache(),
+                num_return=body["n"], max_new_tokens=body["max_new_tokens"], do_sample=body["do_sample"],
+                temperature=body["temperature"], top_p=body["top_p"], top_k=body["top_k"],
+                repetition_penalty=body["repetition_penalty"], seed=body["seed"],
+            )
+            g.generated_tokens = answer.usage["completion_tokens"]
+            g.x_cache = answer.outcome
+            return {"headlines": answer.headlines, "model": engine.host.generator.info,
+                    "cached": answer.cached, "usage": answer.usage}
+
+    # -- models -------------------------------------------------------------------
+    models = Blueprint("models", __name__, description="The model being served")
+
+    @models.route("/v1/models")
+    class Models(MethodView):
+        required_scope = "generate"
+
+        @models.response(200, ModelsResponseSchema)
+        @_documented_errors(models, 500)
+        def get(self):
+            """What is loaded, from which run, and its eval scores"""
+            return _engine().host.describe()
+
+    # -- operations -----------------------------------------------------------------
+    ops = Blueprint("ops", __name__, description="Health, readiness and metrics")
+
+    @ops.route("/healthz")
+    class Health(MethodView):
+        required_scope = None
+
+        @ops.response(200, HealthSchema)
+        def get(self):
+            """The process is alive (says nothing about the model)"""
+            return {"status": "ok"}
+
+    @ops.route("/readyz")
+    class Ready(MethodView):
+        required_scope = None
+
+        @ops.response(200, ReadySchema, example={"status": "ready", "redis": "ok", "model": {
+            "name": "smollm2-135m-instruct", "run": None, "version": "3f2a9c0d81be"},
+            "batching": {"enabled": True, "window_ms": 10.0, "max_batch_size": 8, "queue": 0}})
+        @_documented_errors(ops, 503)
+        def get(self):
+            """Model loaded and warmed (200); Redis reachable, or status degraded
+
+            503 while the model loads or when it failed to load. A Redis outage does not
+            make the worker unready: it serves uncached and says `degraded`.
+            """
+            from flask_smorest import abort
+
+            engine = _engine()
+            host = engine.host
+            metrics.MODEL_READY.set(1 if host.ready else 0)
+            if not host.ready:
+                abort(503, message=host.error or "the model is still loading",
+                      errors={"model": [host.state]}, headers={"Retry-After": "5"})
+            redis_state = engine.cache.status() if engine.cache is not None else "disabled"
+            b = engine.cfg.service.batching
+            return {"status": "degraded" if redis_state == "unavailable" else "ready",
+                    "model": host.generator.info, "redis": redis_state,
+                    "batching": {"enabled": b.enabled, "window_ms": b.window_ms,
+                                 "max_batch_size": b.max_batch_size,
+                                 "queue": engine.batcher.queue_depth() if engine.batcher else 0}}
+
+    @ops.route("/metrics")
+    class Metrics(MethodView):
+        required_scope = "admin"
+
+        @ops.response(200, content_type="text/plain", description="Prometheus text exposition format")
+        def get(self):
+            """Prometheus metrics of every worker of this Gunicorn instance"""
+            body, content_type = metrics.render()
+            response = make_response(body)
+            response.headers["Content-Type"] = content_type
+            return response
+
+    for blp in (generate, models, ops):
+        api.register_blueprint(blp)
