@@ -9,6 +9,19 @@ if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
     find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete 2>/dev/null || true
 fi
 
+# On AWS Fargate the served run comes from S3 (the same code as the Lambda path) and the
+# Redis URL, which carries a secret, from its own variable.
+if [ -n "${HEADLINE_MODEL_BUCKET:-}" ] && [ -n "${HEADLINE_MODEL_KEY:-}" ]; then
+    run_dir=$(python -c 'import os, pathlib
+from service.lambda_handler import fetch_run
+print(fetch_run(os.environ["HEADLINE_MODEL_BUCKET"], os.environ["HEADLINE_MODEL_KEY"],
+                pathlib.Path(os.environ.get("HEADLINE_MODEL_DIR", "/tmp/run"))))')
+    HEADLINE_CONFIG_SET="${HEADLINE_CONFIG_SET:-} service.model=${run_dir}"
+fi
+if [ -n "${HEADLINE_REDIS_URL:-}" ]; then
+    HEADLINE_CONFIG_SET="${HEADLINE_CONFIG_SET:-} service.cache.redis_url=${HEADLINE_REDIS_URL}"
+fi
+
 # Container-specific values (Redis host, auth on, ...) are applied on top of config.yml, so
 # the file keeps being the one source for everything else. /tmp is a tmpfs in compose.
 if [ -n "${HEADLINE_CONFIG_SET:-}" ]; then
