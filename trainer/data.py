@@ -78,9 +78,7 @@ class DataReport:
     def drop(self, reason: str, where: str, row: int, title: str = "") -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         if len(self.dropped_examples) < MAX_DROPPED_EXAMPLES:
-            self.dropped_examples.append(
-                {"row": row, "where": where, "reason": reason, "title": title[:60]}
-            )
+            self.dropped_examples.append({"row": row, "where": where, "reason": reason, "title": title[:60]})
 
     def repair(self, what: str, count: int = 1) -> None:
         self.repaired[what] = self.repaired.get(what, 0) + count
@@ -354,7 +352,9 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
     """Read data.source, clean it as data.* says, and report every row kept or dropped."""
     source, fmt = _read_source(data_cfg)
     where_src = data_cfg.source
-    _check_columns(source, data_cfg, where_src)
+    if any(row.values is not None for row in source.rows):
+        # (With no parsable row there are no columns to check; the error below says why.)
+        _check_columns(source, data_cfg, where_src)
     report = DataReport(source=data_cfg.source, format=fmt)
 
     kept: list[Article] = []
@@ -379,7 +379,9 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
         entities = sum(len(_ENTITY.findall(v)) for v in fields.values() if v)
         if entities:
             report.repair("html_entities", entities)
-            fields = {k: _ENTITY.sub(lambda m: html.unescape(m.group()), v) if v else v for k, v in fields.items()}
+            fields = {
+                k: _ENTITY.sub(lambda m: html.unescape(m.group()), v) if v else v for k, v in fields.items()
+            }
         title = _normalize(fields["title"] or "")
         text = _normalize(fields["text"] or "")
         category = _normalize(fields["category"] or "") or None
@@ -403,8 +405,7 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
     if not kept:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.dropped.items())
         raise DataError(
-            f"{where_src}: no usable rows left after cleaning ({report.rows_read} read; "
-            f"dropped {reasons})"
+            f"{where_src}: no usable rows left after cleaning ({report.rows_read} read; dropped {reasons})"
         )
     report.rows_kept = len(kept)
     report.categories = dict(sorted(Counter(a.category or "(none)" for a in kept).items()))
@@ -465,9 +466,7 @@ def preview(data_cfg: DataConfig, rows: int = 5, max_chars: int = 300) -> dict[s
     return {"columns": source.columns, "rows": out}
 
 
-def split_articles(
-    articles: list[Article], split_cfg: SplitConfig, seed: int
-) -> dict[str, list[Article]]:
+def split_articles(articles: list[Article], split_cfg: SplitConfig, seed: int) -> dict[str, list[Article]]:
     """Train / validation / test, stratified by category and fixed by seed.
 
     Articles are sorted by id first, so the split depends only on the set of articles.

@@ -22,7 +22,7 @@ NEWS_STOP_WORDS = frozenset(
     today yesterday tomorrow time times new old just like make makes made way ways mr mrs ms
     people thing things lot lots set sets got gets going want wants use used using did does
     don doesn didn isn wasn ll ve also including includes number numbers
-    monday tuesday wednesday thursday friday saturday sunday expected likely added ago little
+    monday tuesday wednesday thursday friday saturday sunday expected likely added ago little near amid despite
     """.split()
 )
 # Verbs that headlines are made of ("X wins Y", "firm unveils Z"): a user types the topic,
