@@ -272,6 +272,10 @@ def _configure_logging(verbose: bool) -> None:
     for name in ("transformers", "datasets", "accelerate", "peft", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        # transformers draws a bar per weight load and save (read when it is imported,
+        # which is later and lazily); ours is the training bar.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

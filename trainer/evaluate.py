@@ -16,6 +16,7 @@ Writes ``eval.json`` and ``eval.md`` into the run folder and returns the eval.js
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,15 +38,20 @@ TASKS = ("theme", "article")
 # -- pure helpers ---------------------------------------------------------------------------
 
 
-def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 of predictions against references (stemmed, lower-cased)."""
+@functools.lru_cache(maxsize=1)
+def _scorer():
     from rouge_score import rouge_scorer
 
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+
+
+def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 of predictions against references (stemmed, lower-cased)."""
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
     if not preds:
         return {k: 0.0 for k in ROUGE_KEYS}
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    scorer = _scorer()
     sums = dict.fromkeys(ROUGE_KEYS, 0.0)
     for pred, ref in zip(preds, refs):
         scores = scorer.score(ref, pred)  # score(target, prediction)

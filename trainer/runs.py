@@ -34,6 +34,12 @@ _RUN_ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def _write(path: Path, text: str) -> None:
+    """Atomic write (temp file + rename), world-readable like any other run file."""
+    atomic_write(path, text)
+    os.chmod(path, 0o644)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -69,7 +75,7 @@ def create_run(cfg: Config, *, base_model: str | None = None) -> Path:
             n += 1
             run_id = f"{stamp}-{cfg.train.run_name}-{n}"
     run_dir = root / run_id
-    atomic_write(run_dir / CONFIG_YML, config_yaml(cfg))
+    _write(run_dir / CONFIG_YML, config_yaml(cfg))
     write_run_json(
         run_dir,
         run_id=run_id,
@@ -101,7 +107,7 @@ def write_run_json(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     if path.exists():
         data = read_run(run_dir)
     data.update(fields)
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    _write(path, json.dumps(data, indent=2) + "\n")
     return data
 
 
