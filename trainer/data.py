@@ -364,7 +364,6 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
         report.rows_read += 1
         if row.values is None:
             report.drop("malformed_json", row.where, row.number)
-            log.warning("%s: %s: not a JSON object; row dropped", where_src, row.where)
             continue
         fields = _mapped(row, source, data_cfg)
         undecodable = sum(len(_SURROGATES.findall(v)) for v in fields.values() if v)
@@ -408,6 +407,11 @@ def load_articles(data_cfg: DataConfig) -> tuple[list[Article], DataReport]:
             f"{where_src}: no usable rows left after cleaning ({report.rows_read} read; dropped {reasons})"
         )
     report.rows_kept = len(kept)
+    if report.dropped:
+        # One line, not one per row: the report lists the rows (first examples).
+        log.warning(
+            "%s: kept %d of %d rows; dropped %s", where_src, len(kept), report.rows_read, report.dropped
+        )
     report.categories = dict(sorted(Counter(a.category or "(none)" for a in kept).items()))
     return kept, report
 

@@ -150,6 +150,10 @@ def _token_ids(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
         raise TrainerError("model: the tokenizer has no EOS token; a headline could never end")
     # add_special_tokens=True: Gemma needs <bos> first; GPT-2 and SmolLM add nothing.
     prompt_ids = list(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+    if len(prompt_ids) > 1 and prompt_ids[-1] == tokenizer.eos_token_id:
+        # Some tokenizers are set to append EOS to every text; inside a prompt it would
+        # teach the model that EOS comes before the headline.
+        prompt_ids.pop()
     target_ids = list(tokenizer(example.target, add_special_tokens=False)["input_ids"])
     return prompt_ids, target_ids + [tokenizer.eos_token_id]
 

@@ -161,3 +161,27 @@ def test_dry_run_text_marks_masked_and_trained_parts(sample_cfg, tokenizer):
     for name in ("train", "validation", "test"):
         assert f"  {name}: " in text
     assert "p95" in text and "cut at 256" in text
+
+
+def test_tokenizer_that_appends_eos_to_every_text_keeps_eos_out_of_the_prompt(tokenizer):
+    class AppendsEos:
+        """A tokenizer configured with add_eos_token, as some Llama-style ones are."""
+
+        eos_token_id = tokenizer.eos_token_id
+
+        def __call__(self, text, add_special_tokens=True):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids + [self.eos_token_id] if add_special_tokens else ids}
+
+    example = Example(
+        prompt="Theme: oil\nHeadline:",
+        target=" Oil rises",
+        task="theme",
+        article_id="a",
+        category=None,
+        title="Oil rises",
+        theme="oil",
+    )
+    row = tokenize_example(AppendsEos(), example, max_seq_len=64)
+    assert row["input_ids"].count(tokenizer.eos_token_id) == 1
+    assert row["input_ids"][-1] == tokenizer.eos_token_id
