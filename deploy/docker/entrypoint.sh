@@ -34,8 +34,10 @@ fi
 case "${1:-api}" in
     api)
         shift || true
-        # --bind on the command line wins over gunicorn.conf.py's loopback bind.
-        exec gunicorn -c deploy/gunicorn.conf.py --bind "0.0.0.0:${PORT:-8000}" "$@" 'service:create_app()'
+        # gunicorn.conf.py binds to loopback by default; a container listens on all interfaces.
+        HEADLINE_BIND="${HEADLINE_BIND:-0.0.0.0:${PORT:-8000}}"
+        export HEADLINE_BIND
+        exec gunicorn -c deploy/gunicorn.conf.py "$@" 'service:create_app()'
         ;;
     train)
         shift

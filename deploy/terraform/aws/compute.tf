@@ -129,7 +129,10 @@ resource "aws_ecs_task_definition" "api" {
     portMappings           = [{ containerPort = 8000, protocol = "tcp" }]
     mountPoints            = [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }]
     environment = [for k, v in merge(local.app_environment, {
-      GUNICORN_CMD_ARGS = "--workers ${max(1, floor(var.fargate_cpu / 1024))}"
+      HEADLINE_BIND    = "0.0.0.0:8000"
+      HEADLINE_WORKERS = tostring(max(1, floor(var.fargate_cpu / 1024)))
+      # The ALB is the only client (security group), so its X-Forwarded-* are trusted.
+      GUNICORN_CMD_ARGS = "--forwarded-allow-ips=*"
     }) : { name = k, value = v }]
     healthCheck = {
       command     = ["CMD", "python", "/usr/local/bin/healthcheck", "http://127.0.0.1:8000/readyz"]

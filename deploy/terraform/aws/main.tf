@@ -53,5 +53,5 @@ locals {
     "service.batching.enabled=${local.use_ecs}",
   ])
 
-  redis_url = "rediss://:${random_password.redis_auth.result}@${aws_elasticache_replication_group.cache.primary_endpoint_address}:6379/0"
+  redis_url = "rediss://:${var.cache_auth_token}@${aws_elasticache_replication_group.cache.primary_endpoint_address}:6379/0"
 }

@@ -170,7 +170,8 @@ resource "aws_cloudwatch_metric_alarm" "ecs_unhealthy" {
 
 locals {
   api_metric_dims = ["ApiId", aws_apigatewayv2_api.main.id, "Stage", aws_apigatewayv2_stage.default.name]
-  compute_widget = local.use_lambda ? {
+  # Encoded, because the two branches have different shapes (a conditional needs one type).
+  compute_widget = local.use_lambda ? jsonencode({
     title = "Lambda"
     metrics = [
       ["AWS/Lambda", "Invocations", "FunctionName", "${local.name}-api", { stat = "Sum" }],
@@ -179,13 +180,13 @@ locals {
       [".", "ConcurrentExecutions", ".", ".", { stat = "Maximum" }],
       [".", "Duration", ".", ".", { stat = "p99", yAxis = "right" }],
     ]
-    } : {
+    }) : jsonencode({
     title = "ECS / ALB"
     metrics = [
       ["AWS/ECS", "CPUUtilization", "ClusterName", local.name, "ServiceName", "${local.name}-api", { stat = "Average" }],
       [".", "MemoryUtilization", ".", ".", ".", ".", { stat = "Average" }],
     ]
-  }
+  })
 }
 
 resource "aws_cloudwatch_dashboard" "main" {
@@ -220,7 +221,7 @@ resource "aws_cloudwatch_dashboard" "main" {
       },
       {
         type       = "metric", x = 0, y = 6, width = 12, height = 6
-        properties = merge(local.compute_widget, { region = local.region, view = "timeSeries" })
+        properties = merge(jsondecode(local.compute_widget), { region = local.region, view = "timeSeries" })
       },
       {
         type = "metric", x = 12, y = 6, width = 12, height = 6

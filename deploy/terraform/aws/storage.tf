@@ -139,11 +139,6 @@ data "aws_iam_policy_document" "models_bucket" {
 # compose and here; DynamoDB would need a second cache implementation and has no cheap lock
 # with expiry. The price is a VPC for the compute (deploy/README.md: costs).
 
-resource "random_password" "redis_auth" {
-  length  = 48
-  special = false
-}
-
 resource "aws_elasticache_subnet_group" "cache" {
   name       = "${local.name}-cache"
   subnet_ids = aws_subnet.private[*].id
@@ -165,7 +160,7 @@ resource "aws_elasticache_replication_group" "cache" {
   at_rest_encryption_enabled = true
   kms_key_id                 = aws_kms_key.main.arn
   transit_encryption_enabled = true
-  auth_token                 = random_password.redis_auth.result
+  auth_token                 = var.cache_auth_token
   snapshot_retention_limit   = 0
   auto_minor_version_upgrade = true
   apply_immediately          = false

@@ -203,6 +203,17 @@ variable "cache_replicas" {
   }
 }
 
+variable "cache_auth_token" {
+  description = "Redis AUTH token of the response cache. Pass it from the environment (export TF_VAR_cache_auth_token=$(openssl rand -hex 32)), never in a committed file."
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9]{32,128}$", var.cache_auth_token))
+    error_message = "cache_auth_token must be 32-128 letters and digits (ElastiCache forbids most symbols; none are needed)."
+  }
+}
+
 variable "cognito_domain_prefix" {
   description = "Prefix of the Cognito hosted domain that issues tokens: https://<prefix>.auth.<region>.amazoncognito.com."
   type        = string
