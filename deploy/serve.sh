@@ -174,6 +174,7 @@ stop() {
         "$(nginx_bin)" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" -s quit 2>/dev/null || true
         for _ in $(seq 50); do alive "$NGINX_DIR/nginx.pid" || break; sleep 0.1; done
         stop_pid "$NGINX_DIR/nginx.pid" Nginx
+        say "stopped Nginx"
     fi
     local f
     for f in "$RUN_DIR"/api-*.pid; do
