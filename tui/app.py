@@ -195,7 +195,7 @@ class WizardApp(App):
 
     async def action_quit(self) -> None:
         if self.state is None or not self.state.dirty:
-            self._exit()
+            self._leave()
             return
         if self.screen.id == "unsaved":
             return
@@ -203,9 +203,9 @@ class WizardApp(App):
 
     def _unsaved_choice(self, choice: str | None) -> None:
         if choice == "discard" or (choice == "save" and self.action_save()):
-            self._exit()
+            self._leave()
 
-    def _exit(self) -> None:
+    def _leave(self) -> None:
         if self.state is not None:
             screen = self.get_screen("train")
             screen.stop_for_exit()  # type: ignore[attr-defined]

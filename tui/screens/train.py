@@ -172,14 +172,14 @@ class TrainScreen(StepScreen):
     def _event(self, message: TrainerEvent) -> None:
         event = message.event
         kind = event.get("event")
-        handler = getattr(self, f"_on_{kind}", None)
+        handler = getattr(self, f"_handle_{kind}", None)
         if handler is not None:
             handler(event)
 
     def _status(self, text: str) -> None:
         self.query_one("#run-status", Static).update(text)
 
-    def _on_start(self, event: dict) -> None:
+    def _handle_start(self, event: dict) -> None:
         self.run_dir = event.get("run_dir") or self.run_dir
         total = event.get("total_steps")
         self.query_one("#progress", ProgressBar).update(total=total, progress=0)
@@ -189,7 +189,7 @@ class TrainScreen(StepScreen):
             f"{examples.get('train', '?')} train / {examples.get('validation', '?')} validation examples"
         )
 
-    def _on_step(self, event: dict) -> None:
+    def _handle_step(self, event: dict) -> None:
         step, total = event.get("step", 0), event.get("total_steps")
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=total or bar.total, progress=step)
@@ -202,20 +202,20 @@ class TrainScreen(StepScreen):
             f"elapsed {duration(event.get('elapsed_s', 0))} · ETA {duration(event.get('eta_s', 0))}"
         )
 
-    def _on_eval(self, event: dict) -> None:
+    def _handle_eval(self, event: dict) -> None:
         if event.get("val_loss") is not None:
             self.query_one("LossChart").add_val(event["val_loss"])  # type: ignore[attr-defined]
-        self._log(f"eval at step {event.get('step')}: val_loss {event.get('val_loss'):.4f}, "
+        self._log_line(f"eval at step {event.get('step')}: val_loss {event.get('val_loss'):.4f}, "
                   f"perplexity {event.get('val_perplexity', 0):.2f}")
 
-    def _on_checkpoint(self, event: dict) -> None:
+    def _handle_checkpoint(self, event: dict) -> None:
         self.checkpoint = event.get("path")
-        self._log(f"checkpoint at step {event.get('step')}: {event.get('path')}")
+        self._log_line(f"checkpoint at step {event.get('step')}: {event.get('path')}")
 
-    def _on_log(self, event: dict) -> None:
-        self._log(f"[{event.get('level', 'info')}] {event.get('message', '')}")
+    def _handle_log(self, event: dict) -> None:
+        self._log_line(f"[{event.get('level', 'info')}] {event.get('message', '')}")
 
-    def _on_eval_result(self, event: dict) -> None:
+    def _handle_eval_result(self, event: dict) -> None:
         columns, rows = eval_table(event.get("metrics") or {})
         table = self.query_one("#eval-table", DataTable)
         table.clear(columns=True)
@@ -223,7 +223,7 @@ class TrainScreen(StepScreen):
         table.add_rows(rows)
         self._set_results_visible(True)
 
-    def _on_samples(self, event: dict) -> None:
+    def _handle_samples(self, event: dict) -> None:
         lines = []
         for sample in event.get("samples") or []:
             category = f" [{sample['category']}]" if sample.get("category") else ""
@@ -233,7 +233,7 @@ class TrainScreen(StepScreen):
         self.query_one("#samples", Static).update("Samples\n" + "\n".join(lines))
         self._set_results_visible(True)
 
-    def _on_done(self, event: dict) -> None:
+    def _handle_done(self, event: dict) -> None:
         self.outcome = "finished"
         self.run_dir = event.get("run_dir") or self.run_dir
         bar = self.query_one("#progress", ProgressBar)
@@ -242,7 +242,7 @@ class TrainScreen(StepScreen):
         self._status("Finished.")
         self._show_run_dir()
 
-    def _on_cancelled(self, event: dict) -> None:
+    def _handle_cancelled(self, event: dict) -> None:
         self.outcome = "cancelled"
         self.run_dir = event.get("run_dir") or self.run_dir
         self.checkpoint = event.get("checkpoint") or self.checkpoint
@@ -250,7 +250,7 @@ class TrainScreen(StepScreen):
         self._status(f"Cancelled.{where} Resume continues from it.")
         self._show_run_dir()
 
-    def _on_error(self, event: dict) -> None:
+    def _handle_error(self, event: dict) -> None:
         self.outcome = "failed"
         self._status(f"Failed: {event.get('message', '')}")
 
@@ -258,7 +258,7 @@ class TrainScreen(StepScreen):
         if self.run_dir:
             self.query_one("#run-dir", Static).update(f"Run folder: {display_path(self.run_dir)}")
 
-    def _log(self, text: str) -> None:
+    def _log_line(self, text: str) -> None:
         self.query_one("#log-tail", Log).write_line(text)
 
     @on(TrainerExited)

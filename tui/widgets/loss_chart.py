@@ -10,11 +10,11 @@ from textual.widgets import Label, Sparkline
 class LossSeries(Horizontal):
     def __init__(self, title: str, id: str):
         super().__init__(id=id, classes="loss-series")
-        self.title = title
+        self.series_title = title
         self.values: list[float] = []
 
     def compose(self) -> ComposeResult:
-        yield Label(self.title, classes="loss-title")
+        yield Label(self.series_title, classes="loss-title")
         yield Sparkline([], classes="loss-line")
         yield Label("–", classes="loss-last")
 
