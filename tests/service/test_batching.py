@@ -1,0 +1,101 @@
+"""Micro-batching: concurrent requests share model calls and each gets its own answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.batching import MicroBatcher
+from service.schemas import normalize_text
+from tests.service.conftest import CountingGenerator
+
+REQUESTS = [
+    {"theme": "oil price", "max_new_tokens": 10},
+    {"theme": "cup final penalty", "category": "sport", "do_sample": True, "seed": 3, "temperature": 0.9,
+     "top_k": 20, "max_new_tokens": 6},
+    {"theme": "phone maker shares", "do_sample": True, "seed": 11, "top_p": 0.5, "repetition_penalty": 1.5,
+     "n": 3},
+    {"article": "The company said profits doubled. Shares rose.", "max_new_tokens": 8},
+    {"theme": "election campaign", "do_sample": True, "seed": 2, "temperature": 1.3, "max_new_tokens": 12},
+    {"theme": "film festival", "n": 2, "seed": 9},
+]
+
+
+def _alone(gen, cfg, req):
+    """The same request generated one at a time, straight from the Generator."""
+    from trainer.generation import GenerationSettings
+
+    fields = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
+    overrides = {k: req[k] for k in fields if k in req}
+    overrides["num_return"] = req.get("n", cfg.generation.num_headlines)
+    settings = GenerationSettings.from_config(cfg.generation, **overrides)
+    prompt = gen.prompt(theme=normalize_text(req["theme"]) if "theme" in req else None,
+                        article=normalize_text(req["article"]) if "article" in req else None,
+                        category=req.get("category"))
+    return gen.generate([prompt], [settings])[0].texts
+
+
+def test_concurrent_requests_get_their_own_output(make_app, tiny_generator):
+    gen = CountingGenerator(tiny_generator)
+    app = make_app(gen, **{"batching.window_ms": 300, "batching.max_batch_size": 8, "cache.enabled": "false"})
+    cfg = app.extensions["headline"].cfg
+    barrier = threading.Barrier(len(REQUESTS))
+
+    def one(req):
+        barrier.wait()
+        r = app.test_client().post("/v1/headlines", json=req)
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()["headlines"]
+
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        batched = list(pool.map(one, REQUESTS))
+    assert max(gen.batch_sizes) > 1, gen.batch_sizes
+    assert gen.calls < 1 + len(REQUESTS)  # warm-up + fewer model calls than requests
+    for req, got in zip(REQUESTS, batched):
+        assert got == _alone(tiny_generator, cfg, req), req
+
+
+def test_batching_off_runs_one_at_a_time(make_app, tiny_generator):
+    gen = CountingGenerator(tiny_generator)
+    app = make_app(gen, **{"batching.enabled": "false", "cache.enabled": "false"})
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda req: app.test_client().post("/v1/headlines", json=req), REQUESTS[:4]))
+    assert set(gen.batch_sizes) == {1}
+
+
+def test_batcher_window_size_and_errors():
+    calls = []
+
+    def fake(prompts, settings):
+        calls.append(list(prompts))
+        if "boom" in prompts:
+            raise ValueError("bad batch")
+        return [f"{p}/{s}" for p, s in zip(prompts, settings)]
+
+    waits, sizes = [], []
+    b = MicroBatcher(fake, window_ms=100, max_batch_size=3, on_batch=sizes.append, on_queue_wait=waits.append)
+    futures = [b.submit_async(f"p{i}", i) for i in range(5)]
+    assert [f.result(5) for f in futures] == [f"p{i}/{i}" for i in range(5)]
+    assert sizes == [3, 2] and len(waits) == 5 and all(w >= 0 for w in waits)
+    with pytest.raises(ValueError):
+        b.submit("boom", 0, timeout=5)
+    assert b.submit("after", 1, timeout=5) == "after/1"  # the thread survives a failed batch
+    b.close()
+
+
+def test_batcher_groups():
+    seen = []
+
+    def fake(prompts, settings):
+        seen.append(sorted(settings))
+        time.sleep(0.01)
+        return list(prompts)
+
+    b = MicroBatcher(fake, window_ms=100, max_batch_size=8, group_key=lambda s: s >= 10)
+    futures = [b.submit_async(str(i), i) for i in (1, 20, 2, 30)]
+    assert [f.result(5) for f in futures] == ["1", "20", "2", "30"]
+    assert sorted(seen) == [[1, 2], [20, 30]]
+    b.close()
