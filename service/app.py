@@ -79,6 +79,8 @@ def create_app(config: Config | None = None, *, generator=None) -> Flask:
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     app.add_url_rule("/swagger/static/<path:filename>", endpoint="swagger_static",
                      view_func=_swagger_static)
+    app.add_url_rule("/favicon.ico", endpoint="favicon",
+                     view_func=lambda: _swagger_static("favicon-32x32.png"))
 
     host = ModelHost(cfg)
     cache = None
