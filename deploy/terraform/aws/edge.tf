@@ -16,17 +16,13 @@ resource "aws_acm_certificate" "edge" {
 }
 
 resource "aws_route53_record" "cert_validation" {
-  for_each = {
-    for o in aws_acm_certificate.edge.domain_validation_options : o.domain_name => {
-      name   = o.resource_record_name
-      type   = o.resource_record_type
-      record = o.resource_record_value
-    }
-  }
+  # One name on the certificate, so one record. The key is static (the options are only known
+  # once the certificate exists), so a first plan works.
+  for_each        = toset([var.domain_name])
   zone_id         = data.aws_route53_zone.main.zone_id
-  name            = each.value.name
-  type            = each.value.type
-  records         = [each.value.record]
+  name            = one([for o in aws_acm_certificate.edge.domain_validation_options : o.resource_record_name if o.domain_name == each.key])
+  type            = one([for o in aws_acm_certificate.edge.domain_validation_options : o.resource_record_type if o.domain_name == each.key])
+  records         = [one([for o in aws_acm_certificate.edge.domain_validation_options : o.resource_record_value if o.domain_name == each.key])]
   ttl             = 300
   allow_overwrite = true
 }
@@ -76,6 +72,7 @@ resource "aws_cloudfront_distribution" "main" {
   #checkov:skip=CKV_AWS_86:Standard logs need an ACL-enabled log bucket; each request is already logged by API Gateway's access log and the WAF log.
   #checkov:skip=CKV_AWS_310:One origin (API Gateway, regional and multi-AZ by itself); an origin group needs a second region's deployment.
   #checkov:skip=CKV_AWS_374:The API is offered worldwide; abuse is handled by WAF rate limits and the JWT authorizer, not by country.
+  #checkov:skip=CKV_AWS_305:An API, not a website: "/" has no document to serve, and a default root object would hide the API's own 404.
   #checkov:skip=CKV2_AWS_32:Managed-SecurityHeadersPolicy is attached to every behavior (checkov does not resolve the data source).
   enabled         = true
   is_ipv6_enabled = true
@@ -189,6 +186,33 @@ resource "aws_wafv2_web_acl" "edge" {
     visibility_config {
       cloudwatch_metrics_enabled = true
       metric_name                = "aws-common"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  # Anonymizers (Tor, VPN exits) are blocked; cloud-hosting addresses only counted, since
+  # legitimate API clients often run there.
+  rule {
+    name     = "aws-anonymous-ip"
+    priority = 3
+    override_action {
+      none {}
+    }
+    statement {
+      managed_rule_group_statement {
+        vendor_name = "AWS"
+        name        = "AWSManagedRulesAnonymousIpList"
+        rule_action_override {
+          name = "HostingProviderIPList"
+          action_to_use {
+            count {}
+          }
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "aws-anonymous-ip"
       sampled_requests_enabled   = true
     }
   }

@@ -269,9 +269,9 @@ variable "cloudfront_price_class" {
 }
 
 variable "log_retention_days" {
-  description = "Days CloudWatch keeps every log group of this module."
+  description = "Days CloudWatch keeps every log group of this module (a year by default, for incident and audit look-backs)."
   type        = number
-  default     = 30
+  default     = 365
 
   validation {
     condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
