@@ -20,9 +20,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff

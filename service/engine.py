@@ -44,7 +44,7 @@ class Engine:
     batcher: MicroBatcher | None = None
     # Issue 6 plugs API keys, rate limits and the concurrency cap in here (see service.guards).
     guards: list[Guard] = field(default_factory=list)
-    generation_timeout_s: float = 120.0
+    generation_timeout_s: float = 50.0  # below Nginx's proxy_read_timeout (60 s)
 
     # -- lifecycle ---------------------------------------------------------------
     def start_batcher(self, generator: Any) -> None:

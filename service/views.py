@@ -15,8 +15,8 @@ from service import metrics
 from service.engine import Engine
 from service.schemas import (
     ErrorSchema,
-    HealthSchema,
     HeadlinesResponseSchema,
+    HealthSchema,
     ModelsResponseSchema,
     PromptResponseSchema,
     ReadySchema,
