@@ -4,7 +4,8 @@ Stdlib only. `train` writes the progress JSON events (start, step, eval, checkpo
 eval_result, samples, done) and honours SIGINT like the real trainer: it saves a
 "checkpoint", emits "cancelled" and exits 130. `data preview` / `data report` print
 fixed JSON. Knobs (environment): FAKE_TRAINER_STEPS (default 4), FAKE_TRAINER_DELAY
-seconds per step (default 0), FAKE_TRAINER_FAIL=1 to fail at the first step.
+seconds per step (default 0), FAKE_TRAINER_FAIL=1 to fail at the first step,
+FAKE_TRAINER_QUIET=1 to print nothing (snapshots: output lines race with events).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ REPORT = {
 }
 
 
+def say(text: str, stream=None) -> None:
+    if not os.environ.get("FAKE_TRAINER_QUIET"):
+        print(text, file=stream or sys.stdout, flush=True)
+
+
 class Progress:
     def __init__(self, path: str):
         self.fh = open(path, "a", encoding="utf-8")
@@ -55,7 +61,7 @@ def train(args: argparse.Namespace) -> int:
     cancelled = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: cancelled.update(flag=True))
     start_step = 2 if args.resume else 0
-    print(f"fake trainer: config {os.path.basename(args.config)}, resume={bool(args.resume)}", flush=True)
+    say(f"fake trainer: config {os.path.basename(args.config)}, resume={bool(args.resume)}")
     progress.emit("start", run_dir=RUN_DIR, total_steps=steps, epochs=1.0,
                   examples={"train": 768, "validation": 96}, time=0.0)
     for step in range(start_step + 1, steps + 1):
@@ -63,25 +69,28 @@ def train(args: argparse.Namespace) -> int:
             checkpoint = f"{RUN_DIR}/checkpoints/checkpoint-{step - 1}"
             progress.emit("checkpoint", step=step - 1, path=checkpoint)
             progress.emit("cancelled", run_dir=RUN_DIR, checkpoint=checkpoint)
-            print("fake trainer: cancelled", flush=True)
+            say("fake trainer: cancelled")
             return 130
         if os.environ.get("FAKE_TRAINER_FAIL"):
             progress.emit("error", message="model.name: cannot load 'nope'")
-            print("error: cannot load model", file=sys.stderr, flush=True)
+            say("error: cannot load model", sys.stderr)
             return 3
         time.sleep(delay)
         progress.emit("step", step=step, total_steps=steps, epoch=step / steps,
                       loss=3.0 - 0.5 * step, learning_rate=5e-5, tokens_per_s=1234.0,
                       elapsed_s=float(step), eta_s=float(steps - step))
-        print(f"step {step}/{steps} loss {3.0 - 0.5 * step:.3f}", flush=True)
+        say(f"step {step}/{steps} loss {3.0 - 0.5 * step:.3f}")
         if step % 2 == 0:
             progress.emit("eval", step=step, val_loss=2.9 - 0.4 * step, val_perplexity=10.0)
             progress.emit("checkpoint", step=step, path=f"{RUN_DIR}/checkpoints/checkpoint-{step}")
     progress.emit("log", level="info", message="training finished, evaluating")
-    progress.emit("eval_result", metrics={
-        "base": {"rouge1": 0.12, "rougeL": 0.10},
-        "fine_tuned": {"rouge1": 0.31, "rougeL": 0.28},
-        "examples": 96,
+    progress.emit("eval_result", metrics={  # the shape of the trainer's eval.json
+        "run": "20250101-000000-headline", "n_prompts": 20, "generation": {"max_new_tokens": 24},
+        "models": {
+            "base": {"val_loss": 3.2, "overall": {"n": 20, "rouge1": 0.12, "rougeL": 0.10}},
+            "fine_tuned": {"val_loss": 1.3, "overall": {"n": 20, "rouge1": 0.31, "rougeL": 0.28}},
+        },
+        "examples": [],
     })
     progress.emit("samples", samples=[
         {"theme": "bike lanes council", "category": "local",

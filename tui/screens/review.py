@@ -44,13 +44,13 @@ class ReviewScreen(StepScreen):
     def compose_body(self) -> Iterable[Widget]:
         yield Static("Errors", classes="group-title", id="errors-title")
         yield Static("", id="errors", markup=False)
-        yield Static("Changes to config.yml", classes="group-title")
-        yield Static("", id="diff")
         yield Static("Command (Save & train)", classes="group-title")
         yield Static("", id="command", markup=False)
         with Horizontal(classes="buttons"):
             yield Button("Save (Ctrl+S)", id="save", variant="success", compact=True)
             yield Button("Save & train", id="save-train", variant="primary", compact=True)
+        yield Static("Changes to config.yml", classes="group-title")
+        yield Static("", id="diff")
 
     def refresh_from_state(self) -> None:
         super().refresh_from_state()

@@ -28,7 +28,12 @@ MODEL_COLUMNS = ("base", "fine_tuned", "finetuned", "tuned")
 
 
 def eval_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Numeric leaves of eval.json as rows; 'base' / 'fine_tuned' path segments become columns."""
+    """Numeric leaves of eval.json's "models" as rows; 'base' / 'fine_tuned' become columns.
+
+    eval.json holds {"models": {"base": {"val_loss", "overall": {"rougeL", ...}, ...},
+    "fine_tuned": {...}}, ...}; without "models" the whole object is tabulated.
+    """
+    source = metrics.get("models") if isinstance(metrics.get("models"), dict) else metrics
     leaves: list[tuple[list[str], float]] = []
 
     def walk(node: Any, path: list[str]) -> None:
@@ -38,7 +43,7 @@ def eval_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             leaves.append((path, float(node)))
 
-    walk(metrics, [])
+    walk(source, [])
     columns: list[str] = []
     rows: dict[str, dict[str, float]] = {}
     for path, value in leaves:

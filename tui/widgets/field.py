@@ -1,10 +1,11 @@
-"""One config key on screen: name, editor, valid range, help (the YAML comment), error."""
+"""One config key on screen: name, editor, then the valid range and the YAML comment, error."""
 
 from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.widgets import Input, Label, Select, Static
 
 from tui.fields import FieldSpec
@@ -37,9 +38,13 @@ class FieldRow(Vertical):
             else:
                 yield Input(self._text, compact=True, id=field_id(self.spec.key),
                             classes="field-editor", select_on_focus=False)
-            yield Label(self.spec.range_text, classes="field-range")
-        if self._help:
-            yield Static(self._help, classes="field-help", markup=False)
+        help_line = Content.assemble(
+            (self.spec.range_text, "$text-accent"),
+            "  " if self.spec.range_text and self._help else "",
+            self._help,
+        )
+        if help_line.plain:
+            yield Static(help_line, classes="field-help")
         yield Static(self._error or "", classes="field-error", markup=False)
 
     def on_mount(self) -> None:
