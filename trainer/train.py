@@ -24,6 +24,7 @@ in bench/train_throughput.py against a Trainer that pads to the longest example.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -124,12 +125,35 @@ class LengthGroupedSampler(Sampler):
 
 
 class HeadlineTrainer(Trainer):
-    """The Hugging Face Trainer with our length-grouped sampler."""
+    """The Hugging Face Trainer with our length-grouped sampler and a cheaper LM head.
+
+    Only the headline tokens carry a loss, and they sit at the end of each example,
+    so the (B, T, V) logits of the prompt positions are never needed: the model is
+    asked for the logits of the last N positions only (``logits_to_keep``), from the
+    first position that predicts a label, with the labels cut to match. With a 49k
+    vocabulary this skips most of the LM-head matmul and the softmax over prompt and
+    padding positions; the loss is the same number.
+    """
 
     def __init__(self, *args, group_by_length: bool = True, sampler_seed: int = 0, **kwargs):
         self._group_by_length = group_by_length
         self._sampler_seed = sampler_seed
         super().__init__(*args, **kwargs)
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        self._keep_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        if self._keep_logits and labels is not None:
+            T = labels.shape[1]
+            columns = (labels != -100).any(dim=0).nonzero()
+            # Logits at position t predict token t+1: start one before the first label.
+            start = max(int(columns[0]) - 1, 0) if len(columns) else 0
+            if start > 0:
+                inputs = {**inputs, "labels": labels[:, start:], "logits_to_keep": T - start}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -199,8 +223,9 @@ class TrainingMonitor(TrainerCallback):
         if self.show_bar:
             from tqdm.auto import tqdm
 
+            # disable=None: no bar when stderr is not a terminal (the wizard reads the JSON).
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step",
-                            desc="training", dynamic_ncols=True)
+                            desc="training", dynamic_ncols=True, disable=None)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -348,6 +373,7 @@ def training_arguments(cfg: Config, checkpoint_dir: Path, **overrides: Any) -> T
         restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
         remove_unused_columns=False,  # the collator picks its columns; the sampler reads "length"
         label_names=["labels"],
+        prediction_loss_only=True,  # evaluation needs the loss, never the (N, T, V) logits
         report_to="none",
         disable_tqdm=True,  # our TrainingMonitor draws the bar
         dataloader_num_workers=0,

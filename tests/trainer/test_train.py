@@ -86,6 +86,26 @@ def test_length_grouped_sampler_groups_lengths_and_depends_only_on_seed_and_epoc
     assert waste(first) < 0.2 * waste(torch.randperm(400).tolist())
 
 
+def test_trainer_loss_skips_prompt_logits_but_equals_the_model_loss(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from trainer.train import HeadlineTrainer, training_arguments
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cfg = tiny_cfg(tiny_model_dir, tmp_path)
+    trainer = HeadlineTrainer(model=model, args=training_arguments(cfg, tmp_path, eval_strategy="no",
+                                                                   load_best_model_at_end=False))
+    assert trainer._keep_logits
+    feats = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
+             {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, -100, 14]}]
+    batch = PadToLongest(0)(feats)
+    with torch.no_grad():
+        expected = model(**batch).loss
+        loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert outputs.logits.shape[1] == 6 - 2  # from position 2 (predicts the first label at 3)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 # -- a full run -----------------------------------------------------------------------------
 
 
