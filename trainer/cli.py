@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from trainer.errors import TrainerError

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def plot_loss_curve(rows: Iterable[dict], path: str | Path, title: str = "") -> Path:
