@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from textual.widgets import Button, DataTable, Log, ProgressBar, Static
 
 from tests.tui.conftest import SIZE
@@ -109,17 +108,19 @@ def test_wizard_imports_no_torch_and_starts_fast(repo_root):
     code = textwrap.dedent(
         """
         import json, sys, time
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         import tui.app
         app = tui.app.WizardApp()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         heavy = sorted(m for m in sys.modules
                        if m.split(".")[0] in ("torch", "transformers", "trainer", "service"))
-        print(json.dumps({"elapsed": elapsed, "heavy": heavy}))
+        print(json.dumps({"elapsed": elapsed, "cpu": cpu, "heavy": heavy}))
         """
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
                          text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
-    assert result["elapsed"] < 1.0, result
+    # CPU time, not wall time: the test machine is shared, and contention is not start-up cost.
+    assert result["cpu"] < 1.0, result
+    assert result["elapsed"] < 5.0, result

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -52,7 +53,7 @@ class StepScreen(Screen):
     ]
 
     @property
-    def wizard(self) -> "WizardApp":
+    def wizard(self) -> WizardApp:
         return self.app  # type: ignore[return-value]
 
     @property

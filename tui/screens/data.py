@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from textual import on
 from textual.containers import Horizontal
@@ -69,6 +70,8 @@ class DataScreen(FieldsScreen):
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
+        if self.wizard.data_report is not None:  # counted from the Training screen
+            self._show_report(self.wizard.data_report)
         if not self._loaded_once:
             self._loaded_once = True
             self.action_preview()

@@ -8,7 +8,8 @@ end: the eval table (base vs fine-tuned), sample headlines and where the run is.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from textual import on, work
 from textual.containers import Horizontal
