@@ -1,9 +1,10 @@
 """Training throughput: our trainer vs a plain Hugging Face Trainer that pads to the maximum.
 
-Both train the same model on the same examples with the same batch size and number
-of steps, one after the other in this process. Throughput counts real tokens only
-(attention-mask ones, i.e. no padding) per second of training, after one warm-up
-step that is not timed.
+Both train the same model for exactly one epoch over the same examples with the same
+batch size, one after the other in this process, so both see the same real tokens
+(attention-mask ones, i.e. no padding); throughput is those tokens per second of
+training. (Timing a few steps instead would compare different examples: a group of
+short theme prompts against a batch of long article prompts.)
 
 - ours: length-grouped batches (trainer.train.LengthGroupedSampler) padded per batch
   to their own longest example (trainer.train.PadToLongest);
@@ -39,8 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="model.name: packaged name, hub id or model folder (default: packaged SmolLM2)")
     p.add_argument("--data", default=str(BBC if BBC.exists() else SAMPLE), help="articles (JSONL)")
-    p.add_argument("--articles", type=int, default=200, help="articles used (each gives 2 examples)")
-    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per trainer")
+    p.add_argument("--articles", type=int, default=50,
+                   help="articles used (80%% go to training, each gives a theme and an article example)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     cfg = load_config(None, [
         f"model.name={args.model}", f"data.source={args.data}", f"data.max_examples={args.articles}",
         f"train.batch_size={args.batch_size}", f"train.max_seq_len={args.max_seq_len}",
-        f"train.max_steps={args.steps + 1}", "train.warmup_steps=0", "train.early_stopping_patience=null",
+        "train.epochs=1", "train.warmup_steps=0", "train.early_stopping_patience=null",
     ])
     print(f"machine: {machine_info()}")
     _, tokenizer = load_model_and_tokenizer(cfg.model.name, cfg.model)
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
     lengths = list(train_ds["length"])
     longest = max(lengths)
     print(f"data: {args.data}, {len(train_ds)} training examples, length mean {sum(lengths) / len(lengths):.1f} "
-          f"/ max {longest} tokens; batch {args.batch_size}, {args.steps} timed steps (+1 warm-up)")
+          f"/ max {longest} tokens; batch {args.batch_size}, one epoch = "
+          f"{-(-len(train_ds) // args.batch_size)} steps per trainer")
 
     # Baseline data: every example padded to the longest of the whole dataset.
     def pad_to_max(batch):
@@ -105,11 +107,10 @@ def main(argv=None) -> int:
                              remove_columns=["length"])
 
     class Clock(TrainerCallback):
-        """Starts the clock after the first (warm-up) step; counts real tokens from there."""
+        """Times the epoch and counts its real (non-padding) tokens."""
 
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 1:
-                self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.tok0 = time.perf_counter(), state.num_input_tokens_seen
 
         def on_train_end(self, args, state, control, **kw):
             self.seconds = time.perf_counter() - self.t0
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         clock = Clock()
         with tempfile.TemporaryDirectory() as tmp:
             targs = training_arguments(cfg, Path(tmp), eval_strategy="no", save_strategy="no",
-                                       load_best_model_at_end=False, logging_steps=args.steps + 1)
+                                       load_best_model_at_end=False, logging_steps=10_000)
             if name == "ours":
                 trainer = HeadlineTrainer(model=model, args=targs, train_dataset=train_ds, callbacks=[clock],
                                           data_collator=PadToLongest(tokenizer.pad_token_id,
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
                                   data_collator=default_data_collator)
             trainer.remove_callback(PrinterCallback)  # it prints every log dict
             trainer.train()
-        seen = args.steps * args.batch_size * (longest if name != "ours" else 1)
+        seen = len(train_ds) * longest
         rate = clock.tokens / clock.seconds
         pad_note = f", {1 - clock.tokens / seen:.0%} of computed tokens were padding" if name != "ours" else ""
         print(f"{name:>8}: {clock.tokens:,} real tokens in {clock.seconds:.1f} s = {rate:,.0f} tokens/s{pad_note}")
