@@ -1,29 +1,33 @@
-"""Benchmark of the serving stack, ratios from one run on one machine (loopback only).
+"""Benchmark of the serving stack: ratios against baselines measured in the same run (loopback only).
 
-    python bench/serve.py [--run RUNS_DIR_OR_MODEL] [--hit-requests 3000] [--miss-requests 24]
+    .venv/bin/python bench/serve.py [--model RUN_OR_MODEL] [--rounds 5] [--skip-miss] [--json OUT]
 
-1. Cache-hit path through Nginx (2 Gunicorn instances, repo configs): requests/s, p50/p99 at
-   16 connections, next to a bare Flask app doing one Redis GET behind the same Nginx and
+1. Cache-hit path through Nginx (2 Gunicorn instances, repo configs): requests/s and p50/p99
+   at 16 connections, next to a bare Flask app doing one Redis GET behind the same Nginx and
    Gunicorn settings (the floor of this stack here). Target >= 80 % of the bare app.
-2. Cache-miss generation: headlines/s, p50/p99 at concurrency 1 and 8, micro-batching on vs
-   off. Target >= 3x at 8.
-3. Worker cold start: process start to /readyz green. Target <= 10 s.
+2. Cache-miss generation: headlines/s and p50/p99 at concurrency 1 and 8, micro-batching on
+   vs off (same two instances each, same Gunicorn threads, same torch threads). Target >= 3x
+   at 8.
+3. Worker cold start: process start to /readyz green, from a saved run. Target <= 10 s.
 
-Model: --run (a run folder or any model.name value), else runs/latest when it exists, else
-the packaged base model (config model.name). Prints a Markdown table for the README.
+The machine may be shared, so both sides of each comparison are up at the same time and
+measured in alternating rounds; the table gives medians over rounds and the load average.
+Model (default): the packaged base model (config model.name, converted by
+trainer.modeling.ensure_packaged_model) served from a run-shaped folder (model/ + run.json
+with its weights' version), which is what a fine-tuned run looks like to the service.
+``--model`` takes a run folder or any model.name value instead. A private redis-server on a
+free port holds the cache. Prints a Markdown table for the README.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
 import shutil
-import signal
 import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import threading
@@ -31,10 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-PY = REPO / ".venv/bin/python" if (REPO / ".venv/bin/python").exists() else Path(sys.executable)
-GUNICORN = PY.parent / "gunicorn"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+BARE_VALUE = json.dumps({"response": "Oil prices climb as supply fears grow"})
 
 
 def bare_app():
@@ -44,7 +45,7 @@ def bare_app():
 
     app = Flask("bare")
     client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
-    client.set("bench:bare", json.dumps({"response": "Oil prices climb as supply fears grow"}))
+    client.set("bench:bare", BARE_VALUE)
 
     @app.post("/prompt")
     def prompt():
@@ -57,131 +58,104 @@ def bare_app():
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# -- load generation: raw keep-alive sockets (http.client parses headers with the email
+# package, which would make the client the bottleneck on a small machine) -----------------
+
+def http_request(path: str, body: dict | None = None, headers: dict | None = None) -> bytes:
+    data = json.dumps(body).encode() if body is not None else b""
+    head = [f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1", "Host: 127.0.0.1",
+            "Content-Type: application/json", f"Content-Length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 
 
-def http_json(port, method, path, body=None, headers=None, timeout=60):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, json.dumps(body) if body is not None else None,
-                     {"Content-Type": "application/json", **(headers or {})})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+def _read_response(sock: socket.socket, buf: bytearray) -> int:
+    """Read one response off a keep-alive connection; returns its status code."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end]).decode("latin-1").lower()
+    status = int(head.split(" ", 2)[1])
+    length = 0
+    for line in head.split("\r\n"):
+        if line.startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    if "transfer-encoding: chunked" in head:
+        while b"0\r\n\r\n" not in buf[end:]:
+            buf += sock.recv(65536)
+        del buf[: buf.index(b"0\r\n\r\n", end) + 5]
+        return status
+    while len(buf) < end + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        buf += chunk
+    del buf[: end + length]
+    return status
 
 
-def wait_ready(port, timeout=600.0) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        try:
-            if http_json(port, "GET", "/readyz", timeout=5)[0] == 200:
-                return time.perf_counter() - t0
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"port {port} not ready after {timeout}s")
-
-
-class Stack:
-    """Two Gunicorn instances (repo gunicorn.conf.py) and Nginx (rendered repo nginx.conf)."""
-
-    def __init__(self, workdir: Path, env: dict, app: str | None = None, instances: int = 2):
-        self.dir = workdir
-        self.env = env
-        self.app = app
-        self.instances = instances
-        self.port = free_port()
-        self.procs: list[subprocess.Popen] = []
-
-    def start_instance(self, port: int) -> subprocess.Popen:
-        cmd = [str(GUNICORN), "-c", str(REPO / "deploy/gunicorn.conf.py"), "--chdir", str(REPO)]
-        if self.app:
-            cmd += ["--pythonpath", str(REPO / "bench"), self.app]
-        env = self.env | {"HEADLINE_BIND": f"127.0.0.1:{port}",
-                          "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=self.dir)}
-        log = open(self.dir / f"api-{port}.log", "ab")
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def __enter__(self):
-        ports = [free_port() for _ in range(self.instances)]
-        for p in ports:
-            self.start_instance(p)
-        for p in ports:
-            wait_ready(p)
-        nginx_dir = self.dir / f"nginx-{self.port}"
-        args = [str(PY), str(REPO / "deploy/nginx/render.py"), "--listen", f"127.0.0.1:{self.port}",
-                "--state-dir", str(nginx_dir), "--output", str(nginx_dir / "nginx.conf")]
-        for p in ports:
-            args += ["--upstream", f"127.0.0.1:{p}"]
-        subprocess.run(args, check=True)
-        subprocess.run([NGINX, "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
-                        "-e", str(nginx_dir / "error.log")], check=True)
-        self.nginx_pid = nginx_dir / "nginx.pid"
-        wait_ready(self.port, 60)
-        return self
-
-    def __exit__(self, *exc):
-        if self.nginx_pid.exists():
-            os.kill(int(self.nginx_pid.read_text()), signal.SIGQUIT)
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def load(port, make_request, total, concurrency, max_seconds=120.0):
-    """``total`` requests over ``concurrency`` keep-alive connections; returns (rps, p50, p99, errors)."""
+def load(port: int, make_request, concurrency: int, *, total: int | None = None,
+         seconds: float | None = None) -> dict:
+    """``total`` requests (or as many as fit in ``seconds``) over ``concurrency`` connections."""
     latencies: list[float] = []
     errors = [0]
-    counter = iter(range(total))
+    counter = iter(range(total if total is not None else 10**9))
     lock = threading.Lock()
-    deadline = time.perf_counter() + max_seconds
+    start = threading.Event()
+    deadline = [0.0]
 
     def worker():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        while time.perf_counter() < deadline:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        mine = []
+        start.wait()
+        while time.perf_counter() < deadline[0]:
             with lock:
                 i = next(counter, None)
             if i is None:
                 break
-            path, body, headers = make_request(i)
+            req = make_request(i)
             t0 = time.perf_counter()
             try:
-                conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json", **headers})
-                r = conn.getresponse()
-                r.read()
-                ok = r.status == 200
-            except (OSError, http.client.HTTPException):
+                sock.sendall(req)
+                ok = _read_response(sock, buf) == 200
+            except OSError:
                 ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            dt = time.perf_counter() - t0
-            with lock:
-                latencies.append(dt) if ok else None
-                errors[0] += 0 if ok else 1
-        conn.close()
+                sock.close()
+                sock = socket.create_connection(("127.0.0.1", port))
+                buf.clear()
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                with lock:
+                    errors[0] += 1
+        sock.close()
+        with lock:
+            latencies.extend(mine)
 
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + (seconds if seconds is not None else 600.0)
+    start.set()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
     latencies.sort()
-    p = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else (
-        lambda q: float("nan"))
-    return len(latencies) / elapsed, p(0.5), p(0.99), errors[0]
 
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {"rps": len(latencies) / elapsed, "p50": pct(0.5), "p99": pct(0.99), "errors": errors[0],
+            "n": len(latencies)}
+
+
+# -- the stacks -----------------------------------------------------------------------------
 
 def write_config(path: Path, model: str, redis_url: str, batching: bool) -> Path:
     from config import ConfigDocument
@@ -194,99 +168,234 @@ def write_config(path: Path, model: str, redis_url: str, batching: bool) -> Path
     return path
 
 
-def pick_model(arg: str | None) -> tuple[str, str]:
-    from config import load_config
+class Stack:
+    """N Gunicorn instances (deploy/gunicorn.conf.py) behind Nginx (deploy/nginx/nginx.conf)."""
 
-    if arg:
-        return arg, f"{arg} (given)"
-    if (REPO / "runs/latest").exists():
-        return str(REPO / "runs/latest"), "runs/latest (newest fine-tuned run)"
-    name = load_config().model.name
-    return name, f"{name} (packaged base model; no run given or found)"
+    def __init__(self, workdir: Path, env: dict, *, app: str | None = None, instances: int = 2):
+        from bench.stack import Gunicorn
+
+        self.dir = workdir
+        self.apis = [Gunicorn(workdir, env, app=app) for _ in range(instances)]
+        self.nginx = None
+
+    def __enter__(self) -> Stack:
+        from bench.stack import Nginx
+
+        try:
+            for api in self.apis:
+                api.start()
+            for api in self.apis:
+                api.wait_ready(timeout=300)
+            self.nginx = Nginx(self.dir / f"nginx-{self.apis[0].port}",
+                               [f"127.0.0.1:{a.port}" for a in self.apis]).start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.nginx.port
+
+    def __exit__(self, *exc) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for api in self.apis:
+            api.stop()
+
+
+def run_folder_from_base(work: Path) -> tuple[str, str]:
+    """A run-shaped folder around the packaged base model's safetensors (linked, not copied)."""
+    from config import load_config
+    from trainer.modeling import ensure_packaged_model, weights_version
+
+    cfg = load_config()
+    source = ensure_packaged_model(cfg.model.name, cfg.model.cache_dir)
+    run = work / "runs" / "20260101-000000-bench-base"
+    (run / "model").mkdir(parents=True)
+    for f in source.iterdir():
+        (run / "model" / f.name).symlink_to(f.resolve())
+    # Hashed once here, as `headline train` does when it writes run.json: workers never hash.
+    version = weights_version(source)
+    (run / "run.json").write_text(json.dumps({
+        "run_id": run.name, "name": "bench-base", "status": "finished", "version": version,
+        "base_model": cfg.model.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    return str(run), f"{cfg.model.name} (packaged base model, run-shaped folder, version {version})"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+# -- the three measurements -----------------------------------------------------------------
+
+def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, seconds: float) -> dict:
+    cfg = write_config(work / "hit.yml", model, redis_url, True)
+    body = {"prompt": "oil price", "max_len": 16}
+    req = http_request("/prompt", body)
+    with Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}, app="bench.serve:bare_app()") as bare, \
+            Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}) as api:
+        first = load(api.port, lambda i: req, 1, total=1)  # fills the cache (a MISS)
+        assert first["errors"] == 0, "the API did not answer the cache-fill request"
+        for port in (bare.port, api.port):  # warm connections, code paths, Nginx keep-alive
+            load(port, lambda i: req, 16, seconds=2)
+        runs = {"bare": [], "api": []}
+        for r in range(rounds):
+            for name, port in (("bare", bare.port), ("api", api.port)) if r % 2 == 0 else \
+                    (("api", api.port), ("bare", bare.port)):
+                runs[name].append(load(port, lambda i: req, 16, seconds=seconds))
+            print(f"hit round {r + 1}: api {runs['api'][-1]['rps']:.0f} req/s, "
+                  f"bare {runs['bare'][-1]['rps']:.0f} req/s", flush=True)
+    ratios = [a["rps"] / b["rps"] for a, b in zip(runs["api"], runs["bare"])]
+    return {name: {k: median([x[k] for x in rs]) for k in ("rps", "p50", "p99")} |
+            {"errors": sum(x["errors"] for x in rs)} for name, rs in runs.items()} | {
+        "ratio": median([x["rps"] for x in runs["api"]]) / median([x["rps"] for x in runs["bare"]]),
+        "round_ratios": ratios}
+
+
+def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, max_new_tokens: int) -> dict:
+    stacks = {}
+    for batching in (True, False):
+        cfg = write_config(work / f"miss-{batching}.yml", model, redis_url, batching)
+        stacks[batching] = Stack(work, env | {"HEADLINE_CONFIG": str(cfg)})
+    counter = iter(range(10**9))
+
+    def req(i):  # a new theme every time, so every request generates
+        return http_request("/v1/headlines", {"theme": f"market news {next(counter)}",
+                                              "max_new_tokens": max_new_tokens},
+                            {"Cache-Control": "no-cache"})
+
+    results = {(b, c): [] for b in (True, False) for c in (1, 8)}
+    with stacks[True] as on, stacks[False] as off:
+        ports = {True: on.port, False: off.port}
+        for port in ports.values():
+            load(port, req, 2, total=2)  # first request of each instance
+        for r in range(rounds):
+            for conc, total in ((1, 3), (8, 16)):
+                order = (True, False) if r % 2 == 0 else (False, True)
+                for batching in order:
+                    res = load(ports[batching], req, conc, total=total)
+                    results[batching, conc].append(res)
+                    print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s, "
+                          f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
+    out = {}
+    for conc in (1, 8):
+        summary = {}
+        for batching in (True, False):
+            rs = results[batching, conc]
+            summary["on" if batching else "off"] = {k: median([x[k] for x in rs]) for k in ("rps", "p50", "p99")} | {
+                "errors": sum(x["errors"] for x in rs)}
+        summary["ratio"] = summary["on"]["rps"] / summary["off"]["rps"]
+        out[conc] = summary
+    return out
+
+
+def bench_cold(work: Path, env: dict, model: str, redis_url: str, repeats: int) -> dict:
+    from bench.stack import Gunicorn, http_get
+
+    cfg = write_config(work / "cold.yml", model, redis_url, True)
+    times = []
+    for _ in range(repeats):
+        api = Gunicorn(work, env | {"HEADLINE_CONFIG": str(cfg)})
+        t0 = time.perf_counter()
+        api.start()
+        try:
+            while http_get(f"http://127.0.0.1:{api.port}/readyz", timeout=2)[0] != 200:
+                if api.proc.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise RuntimeError(f"instance did not become ready: {api.tail()}")
+                time.sleep(0.05)  # polling granularity: at most 50 ms added
+            times.append(time.perf_counter() - t0)
+        finally:
+            api.stop()
+        print(f"cold start: {times[-1]:.2f} s", flush=True)
+    return {"median": median(times), "all": times}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", help="run folder or model.name value to serve")
-    ap.add_argument("--redis-url", default=os.environ.get("HEADLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
-    ap.add_argument("--hit-requests", type=int, default=3000)
-    ap.add_argument("--miss-requests", type=int, default=24, help="per concurrency level and mode")
+    ap.add_argument("--model", "--run", dest="model",
+                    help="run folder or model.name value to serve (default: the packaged base model "
+                         "in a run-shaped folder)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the cache-hit comparison")
+    ap.add_argument("--hit-seconds", type=float, default=3.0, help="length of one cache-hit round")
+    ap.add_argument("--miss-rounds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--cold-repeats", type=int, default=3)
+    ap.add_argument("--skip-hit", action="store_true")
     ap.add_argument("--skip-miss", action="store_true")
+    ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
-    model, model_note = pick_model(args.run)
-    print(f"model: {model_note}", flush=True)
+    sys.path.insert(0, str(REPO))
+    from bench.stack import Redis, clean_env
+
     work = Path(tempfile.mkdtemp(prefix="headline-bench-"))
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env |= {"HEADLINE_THREADS": "16", "HEADLINE_LOG_LEVEL": "warning", "BENCH_REDIS_URL": args.redis_url,
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    rows = []
-
-    # 1. cache-hit path vs the bare app, same Nginx + Gunicorn settings.
-    cfg = write_config(work / "batched.yml", model, args.redis_url, True)
-    hit_body = {"prompt": "oil price", "max_len": args.max_new_tokens}
-    with Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}, app="serve:bare_app()") as bare:
-        load(bare.port, lambda i: ("/prompt", hit_body, {}), 200, 16)  # warm connections
-        bare_rps, bare_p50, bare_p99, bare_err = load(bare.port, lambda i: ("/prompt", hit_body, {}),
-                                                      args.hit_requests, 16)
-    with Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}) as stack:
-        http_json(stack.port, "POST", "/prompt", hit_body)  # fill the cache
-        load(stack.port, lambda i: ("/prompt", hit_body, {}), 200, 16)
-        rps, p50, p99, err = load(stack.port, lambda i: ("/prompt", hit_body, {}), args.hit_requests, 16)
-    rows.append(("Cache hit, POST /prompt, 16 conns", f"{rps:.0f} req/s", f"{p50:.1f} / {p99:.1f} ms",
-                 f"bare Flask + Redis GET: {bare_rps:.0f} req/s, {bare_p50:.1f} / {bare_p99:.1f} ms",
-                 f"{rps / bare_rps:.0%} (target >= 80%)", err + bare_err))
-
-    # 2. cache-miss generation, batching on vs off, through Nginx.
-    if not args.skip_miss:
-        results = {}
-        for batching in (True, False):
-            cfg = write_config(work / f"miss-{batching}.yml", model, args.redis_url, batching)
-            with Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}) as stack:
-                for conc in (1, 8):
-                    def req(i, b=batching, c=conc):
-                        return ("/v1/headlines", {"theme": f"market news {b} {c} {i}",
-                                                  "max_new_tokens": args.max_new_tokens},
-                                {"Cache-Control": "no-cache"})
-                    n = max(conc * 3, args.miss_requests if conc > 1 else args.miss_requests // 3)
-                    results[batching, conc] = load(stack.port, req, n, conc, max_seconds=240)
-                    print(f"miss batching={batching} conc={conc}: {results[batching, conc]}", flush=True)
-        for conc in (1, 8):
-            on, off = results[True, conc], results[False, conc]
-            rows.append((f"Cache miss, {args.max_new_tokens} new tokens, concurrency {conc}",
-                         f"{on[0]:.2f} headlines/s", f"{on[1]:.0f} / {on[2]:.0f} ms",
-                         f"no batching: {off[0]:.2f} headlines/s, {off[1]:.0f} / {off[2]:.0f} ms",
-                         f"{on[0] / off[0]:.1f}x" + (" (target >= 3x)" if conc == 8 else ""), on[3] + off[3]))
-
-    # 3. cold start of one worker: process start to /readyz green.
-    cfg = write_config(work / "cold.yml", model, args.redis_url, True)
-    port = free_port()
-    stack = Stack(work, env | {"HEADLINE_CONFIG": str(cfg)})
-    t0 = time.perf_counter()
-    proc = stack.start_instance(port)
+    redis_server = Redis(work / "redis").start()
     try:
-        cold = wait_ready(port)
-        cold = time.perf_counter() - t0
+        if args.model:
+            model, model_note = args.model, f"{args.model} (given)"
+        else:
+            model, model_note = run_folder_from_base(work)
+        print(f"model: {model_note}", flush=True)
+        env = clean_env(HEADLINE_THREADS="16", HEADLINE_WORKERS="1", HEADLINE_LOG_LEVEL="warning",
+                        BENCH_REDIS_URL=redis_server.url, TOKENIZERS_PARALLELISM="false")
+        load_before = loadavg()
+        results: dict = {"model": model_note, "load_before": load_before}
+        if not args.skip_hit:
+            results["hit"] = bench_hit(work, env, model, redis_server.url, args.rounds, args.hit_seconds)
+        if not args.skip_miss:
+            results["miss"] = bench_miss(work, env, model, redis_server.url, args.miss_rounds,
+                                         args.max_new_tokens)
+        if not args.skip_cold:
+            results["cold"] = bench_cold(work, env, model, redis_server.url, args.cold_repeats)
+        results["load_after"] = loadavg()
     finally:
-        proc.terminate()
-        proc.wait(30)
-    rows.append(("Worker cold start (process start to /readyz 200)", f"{cold:.1f} s", "", "", "target <= 10 s", 0))
+        redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
-    cpu = platform.processor() or platform.machine()
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def print_table(results: dict, args) -> None:
+    cpu = platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     print(f"\nMachine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.release()}; model: {model_note}; "
-          "2 Gunicorn instances x 1 gthread worker, Nginx, Redis, loopback.\n")
-    print("| Measure | Result | p50 / p99 | Baseline (same run) | Ratio | Failed |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+          f"{platform.system()} {platform.release()}; load average {results['load_before']} before, "
+          f"{results['load_after']} after.\nModel: {results['model']}. 2 Gunicorn instances x 1 gthread "
+          "worker x 16 threads, Nginx, private Redis, loopback; medians over alternating rounds.\n")
+    print("| Measure | Result | p50 / p99 | Baseline (same run) | Ratio | Target | Failed |")
+    print("|---|---|---|---|---|---|---|")
+    if "hit" in results:
+        h = results["hit"]
+        a, b = h["api"], h["bare"]
+        print(f"| Cache hit, POST /prompt, 16 connections | {a['rps']:.0f} req/s | {a['p50']:.1f} / {a['p99']:.1f} ms "
+              f"| bare Flask + 1 Redis GET: {b['rps']:.0f} req/s, {b['p50']:.1f} / {b['p99']:.1f} ms "
+              f"| {h['ratio']:.0%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
+              f"| >= 80% | {a['errors'] + b['errors']} |")
+    for conc, m in results.get("miss", {}).items():
+        on, off = m["on"], m["off"]
+        print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
+              f"| {on['p50']:.0f} / {on['p99']:.0f} ms | no batching: {off['rps']:.2f} headlines/s, "
+              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.1f}x | {'>= 3x' if conc == 8 else '-'} "
+              f"| {on['errors'] + off['errors']} |")
+    if "cold" in results:
+        c = results["cold"]
+        print(f"| Worker cold start (process start to /readyz 200) | {c['median']:.1f} s | | "
+              f"runs: {', '.join(f'{t:.1f}' for t in c['all'])} s | | <= 10 s | 0 |")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "headline:resp:"
 LOCK_PREFIX = "headline:lock:"
-_FORMAT = 1  # bump when the stored value's shape changes
+_FORMAT = 2  # bump when the stored value's or the key's shape changes
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another).
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -45,8 +45,26 @@ HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 
 def cache_key(version: str, fields: dict[str, Any]) -> str:
     """Key of one request: model version + normalized input + every generation parameter."""
-    doc = json.dumps({"f": _FORMAT, "version": version, **fields}, sort_keys=True, separators=(",", ":"))
-    return KEY_PREFIX + hashlib.sha256(doc.encode("utf-8")).hexdigest()
+    return KeyMaker(version, {}).key(fields)
+
+
+class KeyMaker:
+    """Cache keys of one model version: sha256 over the fixed part (version, prompt templates,
+    names of the settings) once, then per request only over what varies (input, settings).
+
+    Hashing the fixed part and serialising nested dataclasses on every request cost more than
+    the Redis GET of a cache hit; ``hashlib``'s ``copy()`` keeps the digest of the prefix.
+    """
+
+    def __init__(self, version: str, fixed: dict[str, Any]):
+        doc = json.dumps({"f": _FORMAT, "version": version, **fixed}, sort_keys=True, separators=(",", ":"))
+        self._base = hashlib.sha256(doc.encode("utf-8"))
+
+    def key(self, values: Any) -> str:
+        """Key of the varying part ``values`` (JSON-serialisable, in a fixed order)."""
+        digest = self._base.copy()
+        digest.update(b"\n" + json.dumps(values, separators=(",", ":")).encode("utf-8"))
+        return KEY_PREFIX + digest.hexdigest()
 
 
 class ResponseCache:

@@ -8,9 +8,9 @@ how an answer is produced lives here so that both endpoints share it.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import dataclasses
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask_smorest import abort
@@ -18,7 +18,7 @@ from flask_smorest import abort
 from config import Config
 from service import metrics
 from service.batching import MicroBatcher
-from service.cache import BYPASS, ResponseCache, cache_key
+from service.cache import BYPASS, KeyMaker, ResponseCache
 from service.guards import Guard
 from service.model import ModelHost
 from service.schemas import normalize_text
@@ -45,6 +45,10 @@ class Engine:
     # Issue 6 plugs API keys, rate limits and the concurrency cap in here (see service.guards).
     guards: list[Guard] = field(default_factory=list)
     generation_timeout_s: float = 50.0  # below Nginx's proxy_read_timeout (60 s)
+    # Per-request work on the cache-hit path is kept small: the config's generation defaults and
+    # the fixed part of the cache key are computed once (see settings() and _keys()).
+    _defaults: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _key_maker: tuple[str, KeyMaker] | None = field(default=None, init=False, repr=False)
 
     # -- lifecycle ---------------------------------------------------------------
     def start_batcher(self, generator: Any) -> None:
@@ -71,9 +75,26 @@ class Engine:
         return self.host.generator
 
     def settings(self, **overrides: Any) -> Any:
+        """GenerationSettings.from_config(cfg.generation, **overrides), defaults read once."""
         from trainer.generation import GenerationSettings
 
-        return GenerationSettings.from_config(self.cfg.generation, **overrides)
+        if self._defaults is None:
+            self._defaults = vars(GenerationSettings.from_config(self.cfg.generation)).copy()
+        values = self._defaults.copy()
+        values.update((k, v) for k, v in overrides.items() if v is not None)
+        return GenerationSettings(**values)
+
+    def _keys(self, version: str) -> KeyMaker:
+        """The key maker of this model version (prompt templates and setting names included:
+        a change of templates changes the answers of the same weights)."""
+        held = self._key_maker
+        if held is None or held[0] != version:
+            from trainer.generation import GenerationSettings
+
+            fixed = {"prompt": self.cfg.prompt.model_dump(mode="json"),
+                     "settings": [f.name for f in dataclasses.fields(GenerationSettings)]}
+            held = self._key_maker = (version, KeyMaker(version, fixed))
+        return held[1]
 
     # -- the one generation path -------------------------------------------------
     def headlines(self, *, theme: str | None = None, article: str | None = None,
@@ -87,12 +108,9 @@ class Engine:
         settings = self.settings(**overrides)
         key = None
         if settings.deterministic:
-            key = cache_key(gen.info.get("version") or "unknown", {
-                "theme": theme, "article": article, "category": category,
-                "settings": asdict(settings.effective()),
-                # A change of prompt templates changes the answers of the same weights.
-                "prompt": self._prompt_fingerprint,
-            })
+            # Setting values in dataclass field order (a frozen dataclass's __dict__ keeps it).
+            key = self._keys(gen.info.get("version") or "unknown").key(
+                [theme, article, category, list(vars(settings.effective()).values())])
 
         def produce() -> dict:
             prompt = gen.prompt(theme=theme, article=article, category=category)
@@ -111,12 +129,8 @@ class Engine:
                               "completion_tokens": result.completion_tokens}}
 
         if self.cache is None:
-            metrics.CACHE_EVENTS.labels("bypass").inc()
+            metrics.cache_event("bypass")
             value, outcome = produce(), BYPASS
         else:
             value, outcome = self.cache.get_or_generate(key, produce, read=not no_cache)
         return Answer(value["headlines"], value["usage"], outcome == "HIT", outcome)
-
-    @functools.cached_property
-    def _prompt_fingerprint(self) -> dict:
-        return self.cfg.prompt.model_dump(mode="json")

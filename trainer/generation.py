@@ -112,6 +112,11 @@ class Generator:
         self._stop = torch.zeros(max(vocab, model.config.vocab_size), dtype=torch.bool)
         self._stop[newline] = True
         self._stop[self._eos] = True
+        # Only the last position's logits are used: asking for just those skips the prefill's
+        # (B, T, V) LM-head product, as large as the rest of a step for a 135M model.
+        import inspect
+
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     # -- loading --------------------------------------------------------------
     @classmethod
@@ -228,9 +233,10 @@ class Generator:
         past = None
         step_ids = input_ids
         positions = (attention.cumsum(1) - 1).clamp(min=0)
+        keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
         for step in range(int(max_new.max())):
             result = self.model(input_ids=step_ids, attention_mask=attention, position_ids=positions,
-                                cache=past, use_cache=True)
+                                cache=past, use_cache=True, **keep)
             past = result.cache
             logits = result.logits[:, -1, :vocab].float()  # (B, V)
             logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
