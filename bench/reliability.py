@@ -51,9 +51,11 @@ CONNECTIONS = 16
 
 @dataclass
 class Sample:
-    t: float            # send time, seconds since the phase started
-    latency: float
+    t: float            # when it was due (open loop) or sent, seconds since the phase started
+    latency: float      # due -> answered
     status: int         # 0 = no answer (connection error, timeout)
+    sent: float = 0.0   # when it was really sent
+    service: float = 0.0  # sent -> answered
     version: str = ""
     cache: str = ""
 
@@ -102,7 +104,8 @@ class LoadGenerator:
                 break
             # Open loop: latency counts from when the request was due, so a stalled client or
             # server cannot hide its queueing (coordinated omission).
-            start = due if self.rate else time.perf_counter()
+            sent = time.perf_counter()
+            start = due if self.rate else sent
             status, version, cache = 0, "", ""
             try:
                 conn.request("POST", "/v1/headlines", body=_body(i * CONNECTIONS + k),
@@ -115,7 +118,9 @@ class LoadGenerator:
             except (OSError, http.client.HTTPException, ValueError):
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            local.append(Sample(start - self.t0, time.perf_counter() - start, status, version, cache))
+            done = time.perf_counter()
+            local.append(Sample(t=start - self.t0, latency=done - start, status=status, version=version,
+                                cache=cache, sent=sent - self.t0, service=done - sent))
             i += 1
         conn.close()
         with self._lock:
@@ -139,15 +144,16 @@ class LoadGenerator:
 
 
 def summarize(name: str, samples: list[Sample], duration: float) -> Result:
-    lat = sorted(s.latency for s in samples)
-
-    def pct(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else 0.0
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1) if values else 0.0
 
     failed = sum(1 for s in samples if s.status != 200)
-    return Result(name, sent=len(samples), failed=failed, errors_5xx=sum(1 for s in samples if s.status >= 500),
-                  p50_ms=pct(0.50), p99_ms=pct(0.99), rate=round(len(samples) / duration, 1),
-                  ok=failed == 0)
+    result = Result(name, sent=len(samples), failed=failed, errors_5xx=sum(1 for s in samples if s.status >= 500),
+                    p50_ms=pct([s.latency for s in samples], 0.50), p99_ms=pct([s.latency for s in samples], 0.99),
+                    rate=round(len(samples) / duration, 1), ok=failed == 0)
+    result.extra["p99_service_ms"] = pct([s.service for s in samples], 0.99)
+    return result
 
 
 # -- the stack -----------------------------------------------------------------------------
@@ -264,7 +270,8 @@ def restart_redis(stack: Stack, rate: float, seconds: float) -> Result:
     back_at = load.now()
     samples = load.join()
     result = summarize("restart Redis", samples, seconds)
-    first_hit = next((s.t for s in samples if s.t > back_at and s.cache == "HIT"), None)
+    first_hit = next((s.sent + s.service for s in sorted(samples, key=lambda s: s.sent)
+                      if s.sent > back_at and s.cache == "HIT"), None)
     result.recovery_s = round(first_hit - back_at, 1) if first_hit is not None else None
     result.ok = result.errors_5xx == 0 and result.failed == 0
     result.notes = "served uncached while Redis is away; recovery = first cache HIT after it is back"
@@ -289,8 +296,8 @@ def reload_new_model(stack: Stack, rate: float, seconds: float) -> Result:
     samples = load.join()
     result = summarize("SIGHUP reload onto a new run", samples, seconds)
     served = [s for s in samples if s.status == 200]
-    last_old = max((s.t + s.latency for s in served if s.version == "reliab-v1"), default=hup_at)
-    tail = [s for s in served if s.t > last_old]
+    last_old = max((s.sent + s.service for s in served if s.version == "reliab-v1"), default=hup_at)
+    tail = [s for s in served if s.sent > last_old]
     result.recovery_s = round(last_old - hup_at, 1)
     result.ok = result.failed == 0 and bool(tail) and all(s.version == "reliab-v2" for s in tail)
     result.extra["versions_after"] = sorted({s.version for s in tail})
@@ -423,8 +430,9 @@ def markdown(report: dict) -> str:
         sent = str(r["sent"]) if r["sent"] else "-"
         failed = f"{r['failed']} ({r['errors_5xx']} 5xx)" if r["sent"] else ("0" if r["ok"] else "failed")
         p99 = f"{r['p99_ms']} ms" if r["sent"] else "-"
+        p99s = f"{r['extra'].get('p99_service_ms', '-')} ms" if r["sent"] else "-"
         rate = f"{r['rate']}" if r["sent"] else "-"
-        rows.append(f"| {r['scenario']} | {sent} | {rate} | {failed} | {p99} | {rec} | "
+        rows.append(f"| {r['scenario']} | {sent} | {rate} | {failed} | {p99} | {p99s} | {rec} | "
                     f"{'yes' if r['ok'] else '**NO**'} | {r['notes']} |")
     return f"""# Reliability
 
@@ -437,11 +445,12 @@ threads each), a private Redis, all on loopback. The model is the tiny random GP
 finished runs: the cache-hit path does not depend on model size. Load: {CONNECTIONS} keep-alive connections,
 open loop at 80% of the measured cache-hit capacity ({report['rate']} req/s), `POST /v1/headlines` over 50
 cached themes; steady phase {report['steady_s']:.0f} s, each fault phase {report['fault_s']:.0f} s.
-A request *fails* when it gets no answer or a status other than 200; latency counts from when a request was
-due to be sent (so client or server stalls are not hidden).
+A request *fails* when it gets no answer or a status other than 200; *p99 (from due)* counts from when a
+request was due to be sent, so stalls of the server *or of the load generator* (Python, on the same cores)
+are not hidden; *p99 (from sent)* is the round trip of the requests as actually sent.
 
-| Scenario | Requests sent | req/s | Failed | p99 | Recovery | Pass | Notes |
-|---|---:|---:|---:|---:|---:|:---:|---|
+| Scenario | Requests sent | req/s | Failed | p99 (from due) | p99 (from sent) | Recovery | Pass | Notes |
+|---|---:|---:|---:|---:|---:|---:|:---:|---|
 {chr(10).join(rows)}
 
 Machine: {m['cpu']}, {m['cores']} cores available, {m['memory']} RAM; {m['os']}; Python {m['python']},
@@ -453,6 +462,41 @@ restart on the same port, as a supervisor would; *Redis*: the private redis-serv
 again 2 s later, empty; *reload*: `runs/latest` re-pointed to the v2 run, then SIGHUP to each instance in
 turn, waiting for its /v1/models to say v2; *training*: `headline train` on the tiny model killed with
 SIGKILL in the middle of an epoch after its second checkpoint, then `headline train --resume`.
+""" + SECURITY
+
+
+SECURITY = """
+## What keeps it safe (issue 6)
+
+- **API keys** (`service/auth.py`, `service/security.py`): `Authorization: Bearer hs_<id>_<secret>`, made
+  with `headline keys create --name N [--scope generate] [--scope admin]` (the key is printed once),
+  listed and revoked with `headline keys list|revoke ID` (a revoke applies on the next request: workers
+  re-read the file when it changes). The keys file (`service.auth.keys_file`, mode 0600, atomic writes
+  under a lock) holds an HMAC-SHA256 of each key with a per-file random pepper, never the key: a fast
+  hash is enough because a key carries 256 random bits (a slow KDF only helps guessable passwords), and it
+  keeps the check in microseconds; comparison is constant-time. 401 + `WWW-Authenticate: Bearer` without
+  a valid key, 403 without the route's scope: `generate` for `/prompt`, `/v1/*`; `admin` for `/metrics`
+  (when `protect_metrics`) and any route not classified; `/healthz`, `/readyz` always open; Swagger and
+  the OpenAPI document open unless `protect_docs`. Off with `service.auth.enabled: false` (local default).
+  Logs carry the key id, never the key.
+- **Rate limits per key** in Redis (sliding-window counters, one Lua call per request): requests per
+  minute counted on admission; generated tokens per minute charged after the answer from its real usage
+  (cache hits cost nothing) and checked before the next request, so one request can overshoot by its own
+  `max_new_tokens x n` but nobody pays for tokens not generated. 429 + `Retry-After`. Redis down: fail
+  open (logged once per outage, `headline_ratelimit_errors` counts it).
+- **Concurrency cap** per worker (`service.max_concurrency`): a non-blocking semaphore; beyond it, 503 +
+  `Retry-After: 1` at once (Nginx tries the other instance) instead of an unbounded queue.
+- **HTTPS** at Nginx (`deploy/nginx/tls.conf`, certificates from `make certs`): TLS 1.2/1.3 only, ECDHE
+  AEAD ciphers, no session tickets, HSTS, `X-Content-Type-Options`, `X-Frame-Options` + CSP
+  `frame-ancestors 'none'`, `Referrer-Policy`; plain HTTP gets a 308 to HTTPS.
+- **On AWS** (`deploy/terraform/aws/api.tf`) the same roles are played at API Gateway: a Cognito user
+  pool issues client-credentials JWTs whose resource-server scopes are `generate` and `admin` (the API-key
+  scopes); the JWT authorizer requires `generate` on `/prompt`, `/v1/headlines`, `/v1/models` and `admin`
+  on `/metrics`, and leaves `/healthz`, `/readyz` and the docs open; stage throttling stands in for the
+  per-key limits. The app then runs with `service.auth.enabled: false` behind it.
+- **Bad input** is tried in `tests/security/test_hostile_inputs.py` (a table) and
+  `tests/security/test_fuzz.py` (schemathesis against our OpenAPI document), and for the trainer in
+  `tests/trainer/test_bad_input.py`.
 """
 
 
@@ -464,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="write the markdown report here (RELIABILITY.md)")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    parser.add_argument("--from-json", type=Path, help="only re-render the report of an earlier --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        (args.write.write_text if args.write else print)(markdown(report))
+        return 0 if all(r["ok"] for r in report["results"]) else 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="headline-reliability-"))
