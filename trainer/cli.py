@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -248,7 +249,32 @@ def _cmd_wizard(args) -> int:
     return wizard_main(args.rest) or EXIT_OK
 
 
-SUBCOMMANDS: list[Callable] = [_add_train, _add_eval, _add_generate, _add_data, _add_wizard]
+def _add_keys(sub) -> None:
+    from service.keys_cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="start/stop the local stack: Redis, two Gunicorn, Nginx")
+    p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "status", "restart"])
+    p.add_argument("--port", type=int, help="Nginx port (default 8080, or $HEADLINE_PORT)")
+    p.add_argument("--run", help="run folder or model name to serve (default: service.model)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    env = dict(os.environ)
+    if args.port:
+        env["HEADLINE_PORT"] = str(args.port)
+    if args.run:
+        env["HEADLINE_MODEL"] = args.run
+    script = Path(__file__).resolve().parent.parent / "deploy" / "serve.sh"
+    return subprocess.call(["bash", str(script), args.action], env=env)
+
+
+SUBCOMMANDS: list[Callable] = [_add_train, _add_eval, _add_generate, _add_data, _add_wizard,
+                               _add_keys, _add_serve]
 
 
 # -- entry point ----------------------------------------------------------------------------
