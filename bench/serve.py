@@ -157,10 +157,18 @@ def load(port: int, make_request, concurrency: int, *, total: int | None = None,
 
 # -- the stacks -----------------------------------------------------------------------------
 
+CONFIG_OVERRIDES: list[tuple[str, str]] = []  # --set key=value, applied to every stack's config
+
+
 def write_config(path: Path, model: str, redis_url: str, batching: bool) -> Path:
     from config import ConfigDocument
 
     doc = ConfigDocument.read(REPO / "config/config.yml")
+    for key, value in CONFIG_OVERRIDES:
+        try:
+            doc.set(key, json.loads(value))  # numbers and booleans as such
+        except ValueError:
+            doc.set(key, value)
     doc.set("service.model", model)
     doc.set("service.cache.redis_url", redis_url)
     doc.set("service.batching.enabled", batching)
@@ -278,14 +286,23 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
         for port in ports.values():
             load(port, req, 2, total=2)  # first request of each instance
         for r in range(rounds):
-            for conc, total in ((1, 3), (8, 16)):
+            for conc, total in ((1, 2), (8, 24)):
                 order = (True, False) if r % 2 == 0 else (False, True)
                 for batching in order:
                     res = load(ports[batching], req, conc, total=total)
                     results[batching, conc].append(res)
                     print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s, "
                           f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
-    out = {}
+        batch_sum = batch_count = 0.0
+        for api in on.apis:  # the batching instances' own histogram (warm-up and concurrency 1 included)
+            from bench.stack import http_get
+
+            for line in http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode().splitlines():
+                if line.startswith("headline_batch_size_sum"):
+                    batch_sum += float(line.split()[-1])
+                elif line.startswith("headline_batch_size_count"):
+                    batch_count += float(line.split()[-1])
+    out = {"mean_batch_size": batch_sum / batch_count if batch_count else float("nan")}
     for conc in (1, 8):
         summary = {}
         for batching in (True, False):
@@ -325,14 +342,17 @@ def main() -> int:
                          "in a run-shaped folder)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the cache-hit comparison")
     ap.add_argument("--hit-seconds", type=float, default=3.0, help="length of one cache-hit round")
-    ap.add_argument("--miss-rounds", type=int, default=2)
+    ap.add_argument("--miss-rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--cold-repeats", type=int, default=3)
     ap.add_argument("--skip-hit", action="store_true")
     ap.add_argument("--skip-miss", action="store_true")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config.yml override for every stack, e.g. service.batching.window_ms=50")
     args = ap.parse_args()
+    CONFIG_OVERRIDES.extend(tuple(item.split("=", 1)) for item in args.set)
 
     sys.path.insert(0, str(REPO))
     from bench.stack import Redis, clean_env
@@ -375,7 +395,8 @@ def print_table(results: dict, args) -> None:
         pass
     print(f"\nMachine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; load average {results['load_before']} before, "
-          f"{results['load_after']} after.\nModel: {results['model']}. 2 Gunicorn instances x 1 gthread "
+          f"{results['load_after']} after.\nModel: {results['model']}. Config: repo config.yml"
+          f"{' with ' + ', '.join(args.set) if args.set else ''}. 2 Gunicorn instances x 1 gthread "
           "worker x 16 threads, Nginx, private Redis, loopback; medians over alternating rounds.\n")
     print("| Measure | Result | p50 / p99 | Baseline (same run) | Ratio | Target | Failed |")
     print("|---|---|---|---|---|---|---|")
@@ -387,10 +408,14 @@ def print_table(results: dict, args) -> None:
               f"| {h['ratio']:.0%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
               f"| >= 80% | {a['errors'] + b['errors']} |")
     for conc, m in results.get("miss", {}).items():
+        if conc == "mean_batch_size":
+            continue
         on, off = m["on"], m["off"]
         print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
               f"| {on['p50']:.0f} / {on['p99']:.0f} ms | no batching: {off['rps']:.2f} headlines/s, "
-              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.1f}x | {'>= 3x' if conc == 8 else '-'} "
+              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.1f}x"
+              + (f" (mean batch {results['miss']['mean_batch_size']:.1f})" if conc == 8 else "")
+              + f" | {'>= 3x' if conc == 8 else '-'} "
               f"| {on['errors'] + off['errors']} |")
     if "cold" in results:
         c = results["cold"]

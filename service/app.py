@@ -140,28 +140,34 @@ def _swagger_static(filename: str) -> Response:
 
 
 def _register_hooks(app: Flask, api: Api, engine: Engine) -> None:
+    # The hooks run on every request, cache hits included: each resolves the context-local
+    # proxies (request, g) once rather than on every attribute.
     @app.before_request
     def _start() -> None:
-        g.t0 = time.perf_counter()
-        rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        ctx_g, req = g._get_current_object(), request._get_current_object()
+        ctx_g.t0 = time.perf_counter()
+        rid = req.headers.get("X-Request-ID", "")
+        ctx_g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
         metrics.INFLIGHT.inc()
-        g.inflight = True
-        if engine.guards and request.endpoint in app.view_functions:
-            scope = required_scope(app.view_functions[request.endpoint])
+        ctx_g.inflight = True
+        if engine.guards and req.endpoint in app.view_functions:
+            scope = required_scope(app.view_functions[req.endpoint])
             for guard in engine.guards:
-                guard.before(request, scope)
+                guard.before(req, scope)
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-        if g.get("x_cache"):
-            response.headers["X-Cache"] = g.x_cache
+        ctx_g, req = g._get_current_object(), request._get_current_object()
+        headers = response.headers
+        headers["X-Request-ID"] = ctx_g.get("request_id") or uuid.uuid4().hex
+        x_cache = ctx_g.get("x_cache")
+        if x_cache:
+            headers["X-Cache"] = x_cache
         for guard in engine.guards:
-            guard.after(request, response)
-        rule = request.url_rule
-        t0 = g.get("t0")
-        metrics.observe_request(rule.rule if rule is not None else "<unmatched>", request.method,
+            guard.after(req, response)
+        rule = req.url_rule
+        t0 = ctx_g.get("t0")
+        metrics.observe_request(rule.rule if rule is not None else "<unmatched>", req.method,
                                 str(response.status_code),
                                 time.perf_counter() - t0 if t0 is not None else None)
         return response
