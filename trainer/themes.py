@@ -8,12 +8,15 @@ bigram kept whole when it is the most salient term. Deterministic: same corpus, 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+from typing import TYPE_CHECKING
 
 from trainer.data import Article
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 # Words that are frequent in news copy but say nothing about the story.
 NEWS_STOP_WORDS = frozenset(
@@ -35,7 +38,16 @@ HEADLINE_VERBS = frozenset(
     seek set sets opens open makes hails hail vows vow slams slam defends defend
     """.split()
 )
-STOP_WORDS = sorted(ENGLISH_STOP_WORDS | NEWS_STOP_WORDS | HEADLINE_VERBS)
+
+
+@functools.cache
+def stop_words() -> list[str]:
+    # sklearn takes ~1-2 s to import; the service builds prompts through this package
+    # without ever fitting themes, so it is imported only when needed.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return sorted(ENGLISH_STOP_WORDS | NEWS_STOP_WORDS | HEADLINE_VERBS)
+
 # Letters only, at least 3: numbers, prices and initials do not make themes a user would type.
 TOKEN_PATTERN = r"(?u)\b[^\W\d_]{3,}\b"
 # A title word is worth this many body words: the title says what the story is about.
@@ -57,9 +69,11 @@ class ThemeBuilder:
 
     def fit(self, articles: Iterable[Article]) -> ThemeBuilder:
         docs = [f"{a.title} {a.text}" for a in articles]
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.vectorizer = TfidfVectorizer(
             lowercase=True,
-            stop_words=STOP_WORDS,
+            stop_words=stop_words(),
             token_pattern=TOKEN_PATTERN,
             ngram_range=(1, 2),
             sublinear_tf=True,
@@ -115,7 +129,7 @@ class ThemeBuilder:
 
     def _fallback(self, article: Article, words: list[str]) -> str:
         """Fill a short theme with title content words, then the category, in that order."""
-        stop = set(STOP_WORDS)
+        stop = set(stop_words())
         candidates = [w for w in re.findall(TOKEN_PATTERN, article.title.lower()) if w not in stop]
         if article.category:
             candidates.append(article.category.lower())
