@@ -227,46 +227,47 @@ class Generator:
         seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
         stop = self._stop[:vocab].to(dev)
 
-        out = torch.empty((B, 0), dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        ended = torch.zeros(B, dtype=torch.bool, device=dev)  # stopped by EOS/newline
+        stop_ids = set(torch.nonzero(stop).flatten().tolist())
+        outs: list[list[int]] = [[] for _ in range(B)]
+        ended = [False] * B  # stopped by EOS/newline rather than by max_new_tokens
+        # active[i]: the original row of batch row i. Finished rows leave the batch (and
+        # the KV cache) at once, so a long row no longer drags short ones through every step.
+        active = list(range(B))
         past = None
         step_ids = input_ids
         positions = (attention.cumsum(1) - 1).clamp(min=0)
-        keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        for step in range(int(max_new.max())):
+        keep_logits = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        for _ in range(int(max_new.max())):
             result = self.model(input_ids=step_ids, attention_mask=attention, position_ids=positions,
-                                cache=past, use_cache=True, **keep)
+                                cache=past, use_cache=True, **keep_logits)
             past = result.cache
-            logits = result.logits[:, -1, :vocab].float()  # (B, V)
+            logits = result.logits[:, -1, :vocab].float()  # (b, V), b = rows still active
             logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
             next_ids = logits.argmax(dim=-1)
-            for b in sample_rows:
-                if not done[b]:
-                    next_ids[b] = self._sample(logits[b] / temperature[b], settings[b], gens[b])
-            next_ids = torch.where(done, torch.full_like(next_ids, self._pad), next_ids)
-            out = torch.cat([out, next_ids.unsqueeze(1)], dim=1)
-            hit_stop = stop[next_ids] & ~done
-            ended |= hit_stop
-            done |= hit_stop | (step + 1 >= max_new)
-            if bool(done.all()):
+            for i, row in enumerate(active):
+                if settings[row].do_sample:
+                    next_ids[i] = self._sample(logits[i] / temperature[i], settings[row], gens[row])
+            keep = []
+            for i, (row, token) in enumerate(zip(active, next_ids.tolist())):
+                if token in stop_ids:
+                    ended[row] = True
+                    continue
+                outs[row].append(token)
+                if len(outs[row]) < settings[row].max_new_tokens:
+                    keep.append(i)
+            if not keep:
                 break
-            seen[torch.arange(B, device=dev), next_ids] |= ~done
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=dev)
+                past.batch_select_indices(idx)
+                attention, positions, seen = attention[idx], positions[idx], seen[idx]
+                penalty, temperature, next_ids = penalty[idx], temperature[idx], next_ids[idx]
+                active = [active[i] for i in keep]
+            seen[torch.arange(len(active), device=dev), next_ids] = True
             step_ids = next_ids.unsqueeze(1)
-            attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=dev)], dim=1)
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
             positions = positions[:, -1:] + 1
-
-        texts, finished = [], []
-        for b in range(B):
-            ids = out[b].tolist()
-            n = len(ids)
-            for j, t in enumerate(ids):
-                if stop[t]:
-                    n = j  # keep the text before the stop token
-                    break
-            texts.append(ids[: min(n, settings[b].max_new_tokens)])
-            finished.append(bool(ended[b]))
-        return texts, finished
+        return outs, ended
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
