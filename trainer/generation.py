@@ -220,7 +220,6 @@ class Generator:
         max_new = torch.tensor([s.max_new_tokens for s in settings], device=dev)
         penalty = torch.tensor([s.repetition_penalty for s in settings], device=dev).unsqueeze(1)
         temperature = torch.tensor([s.temperature for s in settings], device=dev).unsqueeze(1)
-        sample_rows = [b for b, s in enumerate(settings) if s.do_sample]
         vocab = self.model.config.vocab_size
         # seen[b, v]: token v occurs in row b's prompt or output (for the repetition penalty).
         seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
