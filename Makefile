@@ -46,7 +46,7 @@ redis: system-deps
 # against the base model, and print headlines from both for a few themes.
 demo: install
 	$(BIN)/headline train
-	$(BIN)/headline generate --run runs/latest --compare-base --theme "oil price" --theme "football transfer" --theme "mobile phone sales" --theme "election campaign"
+	$(BIN)/headline generate --run runs/latest --compare-base --theme "oil price" --theme "football transfer" --theme "mobile phone sales" --theme "election campaign" --theme "film festival"
 
 test: install $(TOOLS) redis
 	$(BIN)/python -m pytest

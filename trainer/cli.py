@@ -82,9 +82,12 @@ def _cmd_train(args) -> int:
     except TrainingCancelled as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CANCELLED
+    if (run_dir / "eval.json").exists():
+        from trainer.evaluate import metrics_table
+
+        print(metrics_table(json.loads((run_dir / "eval.json").read_text())))
+        print(f"evaluation with example rows: {run_dir / 'eval.md'}")
     print(f"run finished: {run_dir}")
-    if (run_dir / "eval.md").exists():
-        print(f"evaluation: {run_dir / 'eval.md'}")
     return EXIT_OK
 
 
@@ -116,13 +119,15 @@ def _cmd_eval(args) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="write headlines for a theme or an article")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--theme", help='a short theme, e.g. "oil price"')
+    what.add_argument("--theme", action="append", help='a short theme, e.g. "oil price" (repeatable)')
     what.add_argument("--article", type=Path, metavar="FILE", help="a text file with the article ('-' = stdin)")
     p.add_argument("--category", default=None, help="the news category, e.g. business (optional)")
     p.add_argument("--n", type=int, default=None, metavar="N", help="headlines to write (generation.num_headlines)")
     p.add_argument("--run", default=None, metavar="RUN",
                    help="run folder or any model.name value (default: service.model, i.e. runs/latest; "
                         "the base model when there is no finished run)")
+    p.add_argument("--compare-base", action="store_true",
+                   help="also show the base model's headline for the same prompt (zero-shot)")
     dec = p.add_argument_group("decoding (override the generation section)")
     dec.add_argument("--temperature", type=float, default=None)
     dec.add_argument("--top-p", type=float, default=None)
@@ -167,13 +172,26 @@ def _cmd_generate(args) -> int:
     gen = Generator.load(ref, cfg)
     if args.article is not None:
         text = sys.stdin.read() if str(args.article) == "-" else _read_article(args.article)
-        prompt = gen.prompt(article=text, category=args.category)
+        items = [("article", gen.prompt(article=text, category=args.category))]
     else:
-        prompt = gen.prompt(theme=args.theme, category=args.category)
+        items = [(theme, gen.prompt(theme=theme, category=args.category)) for theme in args.theme]
     settings = GenerationSettings.from_config(cfg.generation)
-    [result] = gen.generate([prompt], settings)
-    for text in result.texts:
-        print(text)
+    prompts = [prompt for _, prompt in items]
+    results = gen.generate(prompts, settings)
+    base_results = None
+    if args.compare_base and gen.info["run"] is not None:
+        base = Generator.load(gen.info["name"], cfg)
+        base_results = base.generate(prompts, settings)
+    if len(items) == 1 and base_results is None:
+        for text in results[0].texts:
+            print(text)
+        return EXIT_OK
+    for i, (label, _) in enumerate(items):
+        print(f"{label}:")
+        for text in results[i].texts:
+            print(f"  fine-tuned: {text}" if base_results else f"  {text}")
+        for text in base_results[i].texts if base_results else []:
+            print(f"  base:       {text}")
     return EXIT_OK
 
 

@@ -98,6 +98,16 @@ def test_generate_prints_headlines_for_a_run(tiny_run, tiny_model_dir, tmp_path,
     assert "generation.top_p" in capsys.readouterr().err
 
 
+def test_generate_several_themes_beside_the_base_model(tiny_run, tiny_model_dir, capsys):
+    assert main(["generate", "--theme", "oil price", "--theme", "cup final", "--compare-base",
+                 "--run", str(tiny_run), "--max-new-tokens", "4",
+                 "--set", f"model.name={tiny_model_dir}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if not line.startswith("  ")] == ["oil price:", "cup final:"]
+    assert sum(line.startswith("  fine-tuned: ") for line in lines) == 2
+    assert sum(line.startswith("  base:       ") for line in lines) == 2
+
+
 def test_generate_falls_back_to_the_base_model_with_a_note(tiny_model_dir, tmp_path, capsys):
     assert main(["generate", "--theme", "oil price", "--max-new-tokens", "4",
                  "--set", f"model.name={tiny_model_dir}", "--set", f"train.output_dir={tmp_path}",
