@@ -7,6 +7,9 @@
 # Environment (all optional):
 #   HEADLINE_PORT=8080            Nginx port (http://localhost:8080/swagger/index.html)
 #   HEADLINE_LISTEN_HOST=127.0.0.1  Nginx address (0.0.0.0 to serve other machines)
+#   HEADLINE_TLS_PORT=8443        HTTPS port, served when $HEADLINE_CERTS_DIR/server.crt exists
+#   HEADLINE_REDIRECT_PORT=8081   plain-HTTP port that redirects to HTTPS (with TLS only)
+#   HEADLINE_CERTS_DIR=certs      certificates from `make certs` (deploy/certs.sh reads it too)
 #   HEADLINE_API_PORTS="8001 8002"  one Gunicorn instance per port (loopback only)
 #   HEADLINE_RUN_DIR=.run         pid files, rendered nginx.conf, logs, metrics files
 #   HEADLINE_CONFIG=config/config.yml   the config the API reads
@@ -23,6 +26,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 PORT="${HEADLINE_PORT:-8080}"
+TLS_PORT="${HEADLINE_TLS_PORT:-8443}"
+REDIRECT_PORT="${HEADLINE_REDIRECT_PORT:-8081}"
+CERTS_DIR="${HEADLINE_CERTS_DIR:-$ROOT/certs}"
 LISTEN_HOST="${HEADLINE_LISTEN_HOST:-127.0.0.1}"
 API_PORTS="${HEADLINE_API_PORTS:-8001 8002}"
 RUN_DIR="$(mkdir -p "${HEADLINE_RUN_DIR:-.run}" && cd "${HEADLINE_RUN_DIR:-.run}" && pwd)"
@@ -107,6 +113,15 @@ start_nginx() {
     mkdir -p "$NGINX_DIR"
     "$PY" "$ROOT/deploy/nginx/render.py" --listen "$LISTEN_HOST:$PORT" "${upstreams[@]}" \
         --state-dir "$NGINX_DIR" --max-body-bytes "$(config_value max_body)" --output "$NGINX_DIR/nginx.conf"
+    # HTTPS when `make certs` has made certs/: nginx.conf includes tls.d/*.conf. A stale copy
+    # goes first, so removing certs/ (or the TLS ports changing) takes effect on this start.
+    mkdir -p "$NGINX_DIR/tls.d"
+    rm -f "$NGINX_DIR/tls.d/tls.conf"
+    if [ -f "$CERTS_DIR/server.crt" ]; then
+        "$PY" "$ROOT/deploy/nginx/render_tls.py" --tls-listen "$LISTEN_HOST:$TLS_PORT" \
+            --redirect-listen "$LISTEN_HOST:$REDIRECT_PORT" --certs-dir "$CERTS_DIR" \
+            --output "$NGINX_DIR/tls.d/tls.conf"
+    fi
     if alive "$NGINX_DIR/nginx.pid"; then
         "$(nginx_bin)" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" -s reload
         say "reloaded Nginx"
@@ -156,6 +171,10 @@ start() {
     start_nginx
     wait_ready || exit 1
     say "Swagger UI: http://localhost:$PORT/swagger/index.html"
+    if [ -f "$NGINX_DIR/tls.d/tls.conf" ]; then
+        say "HTTPS: https://localhost:$TLS_PORT/swagger/index.html (CA: $CERTS_DIR/ca.crt;" \
+            "port $REDIRECT_PORT redirects to it)"
+    fi
 }
 
 stop_pid() {  # pidfile name [signal]

@@ -28,6 +28,7 @@ from service.engine import Engine
 from service.guards import required_scope
 from service.model import ModelHost
 from service.schemas import ErrorSchema
+from service.security import init_security
 from service.views import register_views
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ def create_app(config: Config | None = None, *, generator=None) -> Flask:
     api = _Api(app)
     register_views(api, engine)
     _register_hooks(app, api, engine)
+    # API keys, per-key rate limits and the per-worker concurrency cap (issue 6); its hooks run
+    # after _start (so refusals carry the request id) and refuse in the same error shape.
+    init_security(app, cfg)
 
     background = generator is not None and not hasattr(generator, "generate") and callable(generator)
     host.start(generator, background=background)

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 NGINX_CONF = REPO / "deploy" / "nginx" / "nginx.conf"
+NGINX_TLS_CONF = REPO / "deploy" / "nginx" / "tls.conf"
 GUNICORN_CONF = REPO / "deploy" / "gunicorn.conf.py"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 TERRAFORM_DIR = REPO / "deploy" / "terraform" / "aws"

@@ -110,6 +110,10 @@ def test_named_volumes_declared_and_bind_sources_exist():
                 if source.startswith("./data"):
                     # The trainer's data folder (data/sample_news.jsonl) belongs to the trainer issue.
                     continue
+                if source == "./certs":
+                    # Made by `make certs` (deploy/certs.sh), git-ignored: never in a checkout.
+                    assert "/certs/" in (h.REPO / ".gitignore").read_text(encoding="utf-8")
+                    continue
                 assert path.exists(), f"{name}: bind source {source} does not exist"
             else:
                 assert source in declared, f"{name}: volume {source} is not declared under volumes:"
@@ -198,11 +202,21 @@ def test_nginx_upstreams_are_the_compose_api_services():
 
 
 def test_nginx_listen_ports_are_published_and_config_mounted():
-    listen = h.nginx_listen_ports(_nginx_text())
+    text = _nginx_text()
     nginx = h.services()["nginx"]
-    published = {int(p.rsplit(":", 1)[1]) for p in nginx["ports"]}
-    assert listen and listen <= published, f"nginx listens on {listen}, compose publishes {published}"
     assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    # The TLS servers: tls.conf as is, in the folder nginx.conf includes, with the certificates
+    # where tls.conf looks for them.
+    assert "include tls.d/*.conf;" in text
+    assert "./deploy/nginx/tls.conf:/etc/nginx/tls.d/tls.conf:ro" in nginx["volumes"]
+    assert "./certs:/etc/nginx/certs:ro" in nginx["volumes"]
+    tls_text = h.NGINX_TLS_CONF.read_text(encoding="utf-8")
+    for path in re.findall(r"^\s*ssl_certificate(?:_key)?\s+(\S+);", tls_text, re.M):
+        assert path.startswith("/etc/nginx/certs/"), path
+    listen = h.nginx_listen_ports(text) | h.nginx_listen_ports(tls_text)
+    published = {int(p.rsplit(":", 1)[1]) for p in nginx["ports"]}
+    assert {8080, 8443, 8081} <= listen
+    assert listen <= published, f"nginx listens on {listen}, compose publishes {published}"
     for url in h.healthcheck_urls(nginx):
         assert int(re.match(r"http://[^:/]+:(\d+)", url).group(1)) in listen
 

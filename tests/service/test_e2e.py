@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -61,16 +62,40 @@ def test_stack_through_nginx_survives_losing_an_instance(tmp_path, tiny_model_di
     config = tmp_path / "config.yml"
     doc.save(config)
     port, api_ports = free_port(), [free_port(), free_port()]
+    tls_port, redirect_port = free_port(), free_port()
+    certs = tmp_path / "certs"
+    made = subprocess.run(["bash", str(REPO / "deploy/certs.sh"), str(certs)], capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
     env = env_without_proxy() | {
         "HEADLINE_PORT": str(port), "HEADLINE_API_PORTS": " ".join(map(str, api_ports)),
         "HEADLINE_RUN_DIR": str(tmp_path / "run"), "HEADLINE_CONFIG": str(config),
         "HEADLINE_THREADS": "4", "HEADLINE_READY_TIMEOUT": "120",
+        "HEADLINE_CERTS_DIR": str(certs), "HEADLINE_TLS_PORT": str(tls_port),
+        "HEADLINE_REDIRECT_PORT": str(redirect_port),
     }
     serve = ["bash", str(REPO / "deploy/serve.sh")]
     started = subprocess.run(serve + ["start"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://localhost:{port}/swagger/index.html" in started.stdout
+        assert f"https://localhost:{tls_port}/swagger/index.html" in started.stdout
+
+        # HTTPS with the CA of certs.sh (render_tls.py's tls.conf in the run dir's tls.d/), and the
+        # plain-HTTP port that redirects to it.
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        conn = http.client.HTTPSConnection("localhost", tls_port, timeout=30, context=ctx)
+        conn.request("POST", "/prompt", json.dumps({"prompt": "oil price", "max_len": 5}),
+                      {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["response"]
+        assert r.getheader("Strict-Transport-Security", "").startswith("max-age=")
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", redirect_port, timeout=10)
+        conn.request("GET", "/healthz", headers={"Host": "localhost"})
+        r = conn.getresponse()
+        assert r.status == 308 and r.getheader("Location") == f"https://localhost:{tls_port}/healthz"
+        conn.close()
 
         status, headers, body = _post(port, "/prompt", {"prompt": "oil price", "max_len": 50},
                                       {"X-Request-ID": "e2e-1"})
@@ -104,5 +129,6 @@ def test_stack_through_nginx_survives_losing_an_instance(tmp_path, tiny_model_di
             print(log.name, log.read_text()[-2000:])
     assert not list((tmp_path / "run").glob("api-*.pid"))
     assert not (tmp_path / "run" / "nginx" / "nginx.pid").exists()
-    with pytest.raises(OSError):
-        http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/healthz")
+    for closed in (port, tls_port, redirect_port):
+        with pytest.raises(OSError):
+            http.client.HTTPConnection("127.0.0.1", closed, timeout=2).request("GET", "/healthz")
