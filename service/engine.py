@@ -52,6 +52,12 @@ class Engine:
 
     # -- lifecycle ---------------------------------------------------------------
     def start_batcher(self, generator: Any) -> None:
+        positions = model_positions(generator)
+        svc = self.cfg.service
+        if positions is not None and svc.max_input_tokens + svc.max_new_tokens_limit > positions:
+            log.warning("service.max_input_tokens (%d) + max_new_tokens_limit (%d) exceed the model's %d "
+                        "positions: requests beyond them get 422", svc.max_input_tokens,
+                        svc.max_new_tokens_limit, positions)
         b = self.cfg.service.batching
         self.batcher = MicroBatcher(
             generator.generate,
@@ -99,8 +105,9 @@ class Engine:
     # -- the one generation path -------------------------------------------------
     def headlines(self, *, theme: str | None = None, article: str | None = None,
                   category: str | None = None, field_name: str, no_cache: bool = False,
-                  **overrides: Any) -> Answer:
-        """Headlines for one request. ``field_name`` is the input field named in a 422."""
+                  tokens_field: str = "max_new_tokens", **overrides: Any) -> Answer:
+        """Headlines for one request. ``field_name`` is the input field named in a 422;
+        ``tokens_field`` is what the request calls max_new_tokens (in its messages)."""
         gen = self.require_ready()
         theme = normalize_text(theme) if theme is not None else None
         article = normalize_text(article) if article is not None else None
@@ -119,6 +126,17 @@ class Engine:
             if tokens > limit:
                 abort(422, message=f"{field_name}: the prompt is {tokens} tokens, more than {limit}",
                       errors={"json": {field_name: [f"too long: {tokens} tokens, at most {limit}"]}})
+            # The prompt and every generated token need a position of the model: beyond its
+            # context a model with learned positions fails (IndexError), others degrade.
+            positions = model_positions(gen)
+            if positions is not None and tokens + settings.max_new_tokens > positions:
+                room = positions - tokens
+                abort(422, message=f"{field_name}: the prompt is {tokens} tokens and {tokens_field} "
+                                   f"{settings.max_new_tokens} more, beyond the model's {positions} positions",
+                      errors={"json": {field_name: [
+                          f"too long for the model: {tokens} prompt tokens + {settings.max_new_tokens} "
+                          f"new tokens > {positions} positions; shorten it"
+                          + (f" or set {tokens_field} to at most {room}" if room >= 1 else "")]}})
             try:
                 result = self.batcher.submit(prompt, settings, timeout=self.generation_timeout_s)
             except concurrent.futures.TimeoutError:
@@ -134,3 +152,13 @@ class Engine:
         else:
             value, outcome = self.cache.get_or_generate(key, produce, read=not no_cache)
         return Answer(value["headlines"], value["usage"], outcome == "HIT", outcome)
+
+
+def model_positions(generator: Any) -> int | None:
+    """The model's context in tokens (its position embeddings), or None when it does not say."""
+    config = getattr(getattr(generator, "model", None), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -3,11 +3,15 @@
 Limits and defaults come from config.yml (``service`` and ``generation``), so
 the schemas are built per app by ``make_schemas``; the OpenAPI document then
 shows the limits (maxLength, minimum/maximum) and defaults that are enforced.
-Unknown fields are refused with 422 naming them (marshmallow's RAISE).
+Unknown fields are refused with 422 naming them (marshmallow's RAISE); integers are
+strict (1.5 or "5" is a 422, not silently 1 or 5); text fields refuse control and invisible
+formatting characters and lone surrogates (``_plain_text``).
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import unicodedata
 from types import SimpleNamespace
 
@@ -27,6 +31,37 @@ def normalize_text(text: str) -> str:
 def _not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("must not be empty or only whitespace")
+
+
+# Refused in text fields: C0/C1 controls other than tab, newline and carriage return (NUL, the
+# ESC of terminal escape sequences that would reach logs), lone surrogates (JSON allows "\ud800";
+# such text cannot be encoded as UTF-8, so the tokenizer fails on it), and Unicode format
+# characters (Cf): bidi overrides that make logs and UIs show other text than was sent, and
+# zero-width or tag characters that hide text from a reader. ZWNJ and ZWJ are kept: spelling
+# in several scripts and emoji sequences need them. Built once from this Python's Unicode tables.
+_ALLOWED_CONTROLS = frozenset("\t\n\r\u200c\u200d")
+
+
+def _refused_pattern() -> re.Pattern[str]:
+    refused = [chr(c) for c in range(sys.maxunicode + 1)
+               if unicodedata.category(chr(c)) in ("Cc", "Cf") and chr(c) not in _ALLOWED_CONTROLS]
+    return re.compile("[" + "".join(re.escape(ch) for ch in refused) + "\ud800-\udfff]")
+
+
+_REFUSED_CHARS = _refused_pattern()
+
+
+def _plain_text(value: str) -> None:
+    """Refuse what _REFUSED_CHARS matches, naming the character by code point (never echoing it)."""
+    found = _REFUSED_CHARS.search(value)
+    if found is None:
+        return
+    ch, at = found.group(), found.start()
+    if "\ud800" <= ch <= "\udfff":
+        raise ValidationError(f"not valid Unicode: a lone surrogate U+{ord(ch):04X} at character {at} "
+                              "cannot be encoded as UTF-8")
+    raise ValidationError(f"contains the control or invisible formatting character U+{ord(ch):04X} at "
+                          f"character {at}; of the control characters only tab and newline are allowed")
 
 
 class ErrorSchema(ma.Schema):
@@ -104,29 +139,35 @@ def make_schemas(cfg: Config) -> SimpleNamespace:
         """The original contract: a theme in, one headline out."""
 
         prompt = fields.String(required=True, validate=[validate.Length(min=1, max=svc.max_prompt_chars),
-                                                        _not_blank],
+                                                        _not_blank, _plain_text],
                                metadata={"description": f"The theme of the headline (1-{svc.max_prompt_chars} "
                                                         "characters)", "example": "oil price"})
-        max_len = fields.Integer(load_default=gen.max_new_tokens, validate=max_tokens, metadata={
-            "description": f"Most tokens generated (1-{svc.max_new_tokens_limit})", "example": 50})
+        max_len = fields.Integer(strict=True, load_default=gen.max_new_tokens, validate=max_tokens,
+                                 metadata={"description": f"Most tokens generated (1-{svc.max_new_tokens_limit})",
+                                           "example": 50})
 
     class HeadlinesRequestSchema(ma.Schema):
         """Exactly one of theme or article; every other field has the config.yml default."""
 
-        theme = fields.String(validate=[validate.Length(min=1, max=svc.max_prompt_chars), _not_blank],
+        theme = fields.String(validate=[validate.Length(min=1, max=svc.max_prompt_chars), _not_blank,
+                                        _plain_text],
                               metadata={"description": "A short theme (or give article)",
                                         "example": "oil price"})
-        article = fields.String(validate=[validate.Length(min=1, max=svc.max_article_chars), _not_blank],
+        article = fields.String(validate=[validate.Length(min=1, max=svc.max_article_chars), _not_blank,
+                                          _plain_text],
                                 metadata={"description": "An article body to title (or give theme); it is "
                                                          "cut to prompt.article_max_tokens tokens"})
         category = fields.String(load_default=None, allow_none=True,
-                                 validate=[validate.Length(min=1, max=CATEGORY_MAX_CHARS), _not_blank],
+                                 validate=[validate.Length(min=1, max=CATEGORY_MAX_CHARS), _not_blank,
+                                           _plain_text],
                                  metadata={"description": "Optional category, e.g. business",
                                            "example": "business"})
-        n = fields.Integer(load_default=gen.num_headlines, validate=validate.Range(min=1, max=10), metadata={
-            "description": "Headlines to return (1-10); n > 1 samples, with seed 0 when no seed is given"})
-        max_new_tokens = fields.Integer(load_default=gen.max_new_tokens, validate=max_tokens, metadata={
-            "description": f"Most tokens per headline (1-{svc.max_new_tokens_limit})"})
+        n = fields.Integer(strict=True, load_default=gen.num_headlines, validate=validate.Range(min=1, max=10),
+                           metadata={"description": "Headlines to return (1-10); n > 1 samples, with seed 0 "
+                                                    "when no seed is given"})
+        max_new_tokens = fields.Integer(strict=True, load_default=gen.max_new_tokens, validate=max_tokens,
+                                        metadata={"description": f"Most tokens per headline "
+                                                                 f"(1-{svc.max_new_tokens_limit})"})
         do_sample = fields.Boolean(load_default=gen.do_sample, metadata={
             "description": "false = greedy (deterministic, cached); true = sample with the settings below"})
         temperature = fields.Float(load_default=gen.temperature,
@@ -134,12 +175,12 @@ def make_schemas(cfg: Config) -> SimpleNamespace:
                                    metadata={"description": "Sampling temperature (0-5], lower = safer"})
         top_p = fields.Float(load_default=gen.top_p, validate=validate.Range(min=0, max=1, min_inclusive=False),
                              metadata={"description": "Nucleus sampling mass (0-1]"})
-        top_k = fields.Integer(load_default=gen.top_k, validate=validate.Range(min=0, max=1000),
+        top_k = fields.Integer(strict=True, load_default=gen.top_k, validate=validate.Range(min=0, max=1000),
                                metadata={"description": "Keep the k most likely tokens (0 = no limit)"})
         repetition_penalty = fields.Float(load_default=gen.repetition_penalty,
                                           validate=validate.Range(min=1, max=5),
                                           metadata={"description": "Penalty on repeated tokens [1-5]"})
-        seed = fields.Integer(load_default=gen.seed, allow_none=True,
+        seed = fields.Integer(strict=True, load_default=gen.seed, allow_none=True,
                               validate=validate.Range(min=0, max=2**63 - 1),
                               metadata={"description": "Sampling seed: repeatable and cacheable output "
                                                        "(null = random, not cached)"})

@@ -7,9 +7,13 @@ config's limits and defaults. Every non-2xx answer goes through
 
 from __future__ import annotations
 
+import json
+
 from flask import current_app, g, make_response, request
 from flask.views import MethodView
-from flask_smorest import Api, Blueprint
+from flask_smorest import Api
+from flask_smorest import Blueprint as SmorestBlueprint
+from webargs.flaskparser import FlaskParser, abort
 
 from service import metrics
 from service.engine import Engine
@@ -26,12 +30,18 @@ from service.schemas import (
 # (description, example message) of each error answer, for the OpenAPI document.
 _ERRORS = {
     400: ("Malformed JSON body", "The request body is not valid JSON."),
+    401: ("No valid API key (only when service.auth.enabled); see WWW-Authenticate",
+          "missing API key: send the header Authorization: Bearer <key>"),
+    403: ("The API key lacks the scope this route needs (only when service.auth.enabled)",
+          "this API key lacks the 'generate' scope needed for /prompt"),
+    429: ("Per-key rate limit reached (requests or generated tokens per minute); see Retry-After",
+          "rate limit: more than 60 requests per minute for this API key; retry in 12 s"),
     413: ("Body larger than service.max_body_bytes", "The data value transmitted exceeds the capacity limit."),
     422: ("Invalid input; `errors.json` names each bad field", None),
     500: ("Unexpected error; the message carries the request id to quote (no details)",
           "internal error; request id 6f1c2a"),
-    503: ("Model not ready (loading or failed) or generation timed out; see Retry-After",
-          "the model is still loading; retry shortly"),
+    503: ("Model not ready (loading or failed), generation timed out, or the worker is at "
+          "service.max_concurrency; see Retry-After", "the model is still loading; retry shortly"),
 }
 
 _X_CACHE = {"X-Cache": {"description": "HIT (from Redis), MISS (generated, then stored) or BYPASS "
@@ -39,6 +49,30 @@ _X_CACHE = {"X-Cache": {"description": "HIT (from Redis), MISS (generated, then 
                         "schema": {"type": "string", "enum": ["HIT", "MISS", "BYPASS"]}},
             "X-Request-ID": {"description": "The request id (from Nginx or the client, else generated)",
                              "schema": {"type": "string"}}}
+
+
+class JSONParser(FlaskParser):
+    """webargs' Flask parser, with every way ``json.loads`` can refuse a body answered as 400.
+
+    webargs turns only JSONDecodeError (and bad UTF-8) into 400 "Invalid JSON body."; two
+    other refusals would reach the client as 500: RecursionError for deeply nested arrays or
+    objects, and ValueError for an integer literal longer than Python's int-string limit.
+    """
+
+    def _raw_load_json(self, req):
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise  # webargs' own handling: an empty body is "missing", the rest a 400
+        except RecursionError as exc:
+            abort(400, exc=exc, messages={"json": ["Invalid JSON body: nested too deeply."]})
+        except ValueError as exc:  # UnicodeDecodeError is turned into JSONDecodeError upstream
+            abort(400, exc=exc, messages={"json": ["Invalid JSON body: a number has too many digits."
+                                                   if "digits" in str(exc) else "Invalid JSON body."]})
+
+
+class Blueprint(SmorestBlueprint):
+    ARGUMENTS_PARSER = JSONParser()
 
 
 def _documented_errors(blp: Blueprint, *codes: int):
@@ -80,7 +114,7 @@ def _no_cache() -> bool:
 
 def register_views(api: Api, engine: Engine) -> None:
     schemas = make_schemas(engine.cfg)
-    gen_errors = (400, 413, 422, 500, 503)
+    gen_errors = (400, 401, 403, 413, 422, 429, 500, 503)
 
     # -- generation -------------------------------------------------------------------
     generate = Blueprint("generate", __name__, description="Write headlines")
@@ -101,7 +135,7 @@ def register_views(api: Api, engine: Engine) -> None:
             to skip the cache.
             """
             answer = _engine().headlines(theme=body["prompt"], field_name="prompt", no_cache=_no_cache(),
-                                         max_new_tokens=body["max_len"], num_return=1)
+                                         tokens_field="max_len", max_new_tokens=body["max_len"], num_return=1)
             g.generated_tokens = answer.usage["completion_tokens"]
             g.x_cache = answer.outcome
             return {"response": answer.headlines[0] if answer.headlines else ""}
@@ -148,7 +182,7 @@ def register_views(api: Api, engine: Engine) -> None:
         required_scope = "generate"
 
         @models.response(200, ModelsResponseSchema)
-        @_documented_errors(models, 500)
+        @_documented_errors(models, 401, 403, 429, 500, 503)
         def get(self):
             """What is loaded, from which run, and its eval scores"""
             return _engine().host.describe()
@@ -200,6 +234,7 @@ def register_views(api: Api, engine: Engine) -> None:
         required_scope = "admin"
 
         @ops.response(200, content_type="text/plain", description="Prometheus text exposition format")
+        @_documented_errors(ops, 401, 403)
         def get(self):
             """Prometheus metrics of every worker of this Gunicorn instance"""
             body, content_type = metrics.render()

@@ -25,11 +25,9 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 def fuzz_app(tmp_path_factory, private_redis_url, tiny_generator):
     from service import create_app
 
-    # The tiny model has 512 positions: with max_input_tokens 512 a long prompt plus max_len
-    # overflows them and the service answers 500 (test_hostile_inputs.py keeps that case as a
-    # strict xfail). 400 leaves room, so the fuzzing looks at everything else.
-    cfg = make_config(tmp_path_factory.mktemp("keys") / "k.json", private_redis_url,
-                      "service.max_input_tokens=400", auth=False)
+    # The default limits: the tiny model has 512 positions, as many as service.max_input_tokens,
+    # so a long prompt plus max_len overflows them and must get a 422 (never a 500).
+    cfg = make_config(tmp_path_factory.mktemp("keys") / "k.json", private_redis_url, auth=False)
     app = create_app(cfg, generator=tiny_generator)
     yield app
     app.extensions["headline"].close()

@@ -1,7 +1,5 @@
 """A table of hostile inputs against the real app (tiny model): each gets a clear 4xx naming the
-problem, in the one error shape, never a traceback. Cases the service does not handle yet are
-strict xfails whose reason says what must change (they turn into failures once fixed, so
-the marker gets removed)."""
+problem, in the one error shape, never a traceback."""
 
 from __future__ import annotations
 
@@ -30,31 +28,6 @@ def app_factory(tmp_path_factory, private_redis_url, tiny_generator):
     for app in apps.values():
         app.extensions["headline"].close()
 
-
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-SURROGATE = ("service: a lone surrogate (\\ud800) passes the schema and the tokenizer raises TypeError -> 500. "
-             "Fix in service/schemas.py: a validator on prompt/theme/article/category that refuses strings "
-             "whose .encode('utf-8') fails (422 naming the field).")
-DEEP = ("service: deeply nested JSON raises RecursionError in json.loads (webargs catches only "
-        "JSONDecodeError) -> 500. Fix in service/app.py or views: a FlaskParser subclass (Api(app) "
-        "with blp.arguments using it) whose _raw_load_json turns RecursionError/ValueError into 400 "
-        "'Invalid JSON body.'")
-BIGINT = ("service: an integer literal of > 4300 digits makes json.loads raise ValueError (not "
-          "JSONDecodeError) -> 500. Same fix as the deep-JSON case.")
-FLOAT_INT = ("service: max_len 1.5 is truncated to 1 and answered 200 (marshmallow Integer is not strict). "
-             "Fix in service/schemas.py: fields.Integer(strict=True) for max_len, n, max_new_tokens, top_k, seed.")
-CONTROL = ("service: control characters (NUL, ESC sequences, bidi overrides) in a theme are sent to the "
-           "model and answered 200. Fix in service/schemas.py: refuse Unicode categories Cc (other than "
-           "tab/newline, which normalize to spaces) and the bidi controls U+202A-202E/U+2066-2069 with 422 "
-           "naming the field.")
-CONTEXT = ("service: prompt_tokens + max_new_tokens can exceed the model's positions (tiny model: 512; "
-           "service.max_input_tokens is 512 too) -> IndexError in the model -> 500. Fix in "
-           "service/engine.py: refuse with 422 when prompt tokens + max_new_tokens > the model's context "
-           "(Generator should expose model.config.max_position_embeddings / n_positions), or bound "
-           "max_input_tokens by it at start-up.")
 
 CASES = [
     # id, path, request kwargs, expected status, text that must appear in the errors/message
@@ -88,28 +61,40 @@ CASES = [
     ("prompt-1MB", "/prompt", dict(json={"prompt": "a" * (1 << 20)}), 413, "larger than"),
     ("prompt-too-long-chars", "/prompt", dict(json={"prompt": "oil " * 200}), 422, "prompt"),
     ("category-too-long", "/v1/headlines", dict(json={"theme": "a", "category": "c" * 1000}), 422, "category"),
-    pytest.param("lone-surrogate", "/prompt", dict(data=b'{"prompt": "\\ud800 oil"}', headers=JSON), 422,
-                 "prompt", marks=xfail(SURROGATE), id="lone-surrogate"),
-    pytest.param("deep-json", "/prompt", dict(data='{"prompt": ' + "[" * 20000 + "]" * 20000 + "}",
-                                              headers=JSON), 400, "json", marks=xfail(DEEP), id="deep-json"),
-    pytest.param("bigint-literal", "/prompt", dict(data='{"prompt": "a", "max_len": ' + "9" * 5000 + "}",
-                                                   headers=JSON), 400, "json", marks=xfail(BIGINT),
-                 id="bigint-literal"),
-    pytest.param("max_len-float", "/prompt", dict(json={"prompt": "a", "max_len": 1.5}), 422, "max_len",
-                 marks=xfail(FLOAT_INT), id="max_len-float"),
-    pytest.param("nul-byte", "/prompt", dict(json={"prompt": "oil\x00price"}), 422, "prompt",
-                 marks=xfail(CONTROL), id="nul-byte"),
-    pytest.param("ansi-escape", "/prompt", dict(json={"prompt": "oil \x1b[2J\x1b[31m price"}), 422, "prompt",
-                 marks=xfail(CONTROL), id="ansi-escape"),
-    pytest.param("bidi-override", "/v1/headlines", dict(json={"theme": "oil \u202e ecirp"}), 422, "theme",
-                 marks=xfail(CONTROL), id="bidi-override"),
-    pytest.param("context-overflow", "/prompt", dict(json={"prompt": "0" * 500, "max_len": 50}), 422, "prompt",
-                 marks=xfail(CONTEXT), id="context-overflow"),
+    # JSON allows escaped lone surrogates; such text cannot be encoded as UTF-8 (the tokenizer fails).
+    ("lone-surrogate", "/prompt", dict(data=b'{"prompt": "\\ud800 oil"}', headers=JSON), 422, '"prompt"'),
+    ("lone-surrogate-category", "/v1/headlines", dict(data=b'{"theme": "oil", "category": "\\udfff"}',
+                                                      headers=JSON), 422, "category"),
+    # json.loads refuses these with RecursionError / ValueError rather than JSONDecodeError.
+    ("deep-json", "/prompt", dict(data='{"prompt": ' + "[" * 20000 + "]" * 20000 + "}", headers=JSON),
+     400, "nested too deeply"),
+    ("bigint-literal", "/prompt", dict(data='{"prompt": "a", "max_len": ' + "9" * 5000 + "}", headers=JSON),
+     400, "too many digits"),
+    # Integers are strict: no silent truncation or string coercion.
+    ("max_len-float", "/prompt", dict(json={"prompt": "a", "max_len": 1.5}), 422, "max_len"),
+    ("max_len-string-number", "/prompt", dict(json={"prompt": "a", "max_len": "5"}), 422, "max_len"),
+    ("n-float", "/v1/headlines", dict(json={"theme": "a", "n": 2.0}), 422, '"n"'),
+    ("top_k-float", "/v1/headlines", dict(json={"theme": "a", "top_k": 5.5}), 422, "top_k"),
+    ("seed-float", "/v1/headlines", dict(json={"theme": "a", "seed": 7.25}), 422, "seed"),
+    # Control and invisible formatting characters.
+    ("nul-byte", "/prompt", dict(json={"prompt": "oil\x00price"}), 422, '"prompt"'),
+    ("ansi-escape", "/prompt", dict(json={"prompt": "oil \x1b[2J\x1b[31m price"}), 422, '"prompt"'),
+    ("c1-control", "/prompt", dict(json={"prompt": "oil \x9b price"}), 422, "prompt"),
+    ("bidi-override", "/v1/headlines", dict(json={"theme": "oil \u202e ecirp"}), 422, "theme"),
+    ("bidi-isolate-article", "/v1/headlines", dict(json={"article": "Oil rose \u2066today\u2069."}), 422,
+     "article"),
+    ("zero-width-space", "/v1/headlines", dict(json={"theme": "oil\u200bprice"}), 422, '"theme"'),
+    ("tag-characters", "/v1/headlines", dict(json={"theme": "oil \U000e0069\U000e0067"}), 422, "theme"),
+    ("control-in-category", "/v1/headlines", dict(json={"theme": "oil", "category": "biz\x07"}), 422,
+     "category"),
+    # The prompt fits service.max_input_tokens (512) but not with max_len more in the model's 512 positions.
+    ("context-overflow", "/prompt", dict(json={"prompt": "0" * 500, "max_len": 50}), 422, "prompt"),
+    ("context-overflow-headlines", "/v1/headlines", dict(json={"theme": "0" * 500, "max_new_tokens": 64}),
+     422, '"theme"'),
 ]
 
 
-@pytest.mark.parametrize("name,path,kwargs,status,needle",
-                         [pytest.param(*c, id=c[0]) if type(c) is tuple else c for c in CASES])
+@pytest.mark.parametrize("name,path,kwargs,status,needle", [pytest.param(*c, id=c[0]) for c in CASES])
 def test_hostile_input_gets_a_clear_4xx(app_factory, name, path, kwargs, status, needle):
     resp = app_factory().test_client().post(path, **kwargs)
     text = resp.get_data(as_text=True)
@@ -125,6 +110,43 @@ def test_hostile_input_gets_a_clear_4xx(app_factory, name, path, kwargs, status,
 def test_control_whitespace_is_normalized_not_refused(app_factory):
     resp = app_factory().test_client().post("/prompt", json={"prompt": "oil\tprice\r\nrise", "max_len": 3})
     assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("text", [
+    "Ölpreis steigt – café à Zürich",            # accents, dashes
+    "نفت\u200cها",                              # ZWNJ: part of Persian spelling
+    "oil \U0001f468\u200d\U0001f469\u200d\U0001f467 family",  # ZWJ emoji sequence
+    "第一段\n\n第二段\tend",                      # newlines and tabs in an article
+])
+def test_ordinary_text_is_not_refused(app_factory, text):
+    resp = app_factory().test_client().post("/v1/headlines", json={"article": text, "max_new_tokens": 3})
+    assert resp.status_code == 200, resp.get_json()
+
+
+@pytest.mark.parametrize("body,field,says", [
+    (b'{"prompt": "oil \\ud800"}', "prompt", "lone surrogate U+D800 at character 4"),
+    ('{"prompt": "oil\\u0000price"}', "prompt", "U+0000 at character 3"),
+    ('{"prompt": "oil \\u202e ecirp"}', "prompt", "U+202E at character 4"),
+])
+def test_refused_characters_named_by_code_point_not_echoed(app_factory, body, field, says):
+    resp = app_factory().test_client().post("/prompt", data=body, headers=JSON)
+    assert resp.status_code == 422
+    [message] = resp.get_json()["errors"]["json"][field]
+    assert says in message
+    assert not any(ch in resp.get_data(as_text=True) for ch in ("\x00", "\u202e"))
+
+
+def test_context_overflow_says_how_much_room_is_left(app_factory):
+    resp = app_factory().test_client().post("/prompt", json={"prompt": "0" * 470, "max_len": 64})
+    assert resp.status_code == 422
+    body = resp.get_json()
+    [message] = body["errors"]["json"]["prompt"]
+    assert "512 positions" in message and "set max_len to at most" in message
+    room = int(message.rsplit(" ", 1)[1])
+    assert 1 <= room < 64
+    # With that many tokens it fits, and generates.
+    resp = app_factory().test_client().post("/prompt", json={"prompt": "0" * 470, "max_len": room})
+    assert resp.status_code == 200, resp.get_json()
 
 
 @pytest.mark.parametrize("text", [

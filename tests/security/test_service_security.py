@@ -1,4 +1,4 @@
-"""service.security on the real app: create_app(config, generator=tiny) + init_security."""
+"""service.security on the real app: create_app(config, generator=tiny) installs it (init_security)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def secured(keys, private_redis_url, tiny_generator):
 
         cfg = make_config(keys["path"], private_redis_url, *overrides)
         app = create_app(cfg, generator=tiny_generator)
-        init_security(app, cfg)   # what create_app will do itself once integrated (idempotent)
+        assert init_security(app, cfg) is app.extensions["security"]  # create_app did it (idempotent)
         app.config["TESTING"] = True
         apps.append(app)
         return app
@@ -87,3 +87,12 @@ def test_tokens_charged_from_service_usage(secured, keys):
     assert first.status_code == 200 and first.get_json()["usage"]["completion_tokens"] >= 1
     second = c.post("/v1/headlines", json=body, headers={**bearer(keys["generate"]), "Cache-Control": "no-cache"})
     assert second.status_code == 429 and "generated tokens" in second.get_json()["message"]
+
+
+def test_refusals_are_documented_in_the_openapi_document(secured, keys):
+    doc = secured().test_client().get("/swagger/openapi.json").get_json()
+    for path in ("/prompt", "/v1/headlines"):
+        responses = doc["paths"][path]["post"]["responses"]
+        assert {"401", "403", "429", "503"} <= set(responses), path
+    assert {"401", "403"} <= set(doc["paths"]["/metrics"]["get"]["responses"])
+    assert {"401", "403", "429"} <= set(doc["paths"]["/v1/models"]["get"]["responses"])
