@@ -130,11 +130,11 @@ class PromptConfig(Section):
 class TrainConfig(Section):
     output_dir: str = Field("runs", min_length=1)
     run_name: str = Field("headline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    epochs: float = Field(3.0, gt=0.0, le=100.0)
+    epochs: float = Field(2.0, gt=0.0, le=100.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1, le=512)
     grad_accum: int = Field(1, ge=1, le=256)
-    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     warmup_steps: int = Field(10, ge=0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
