@@ -462,42 +462,20 @@ restart on the same port, as a supervisor would; *Redis*: the private redis-serv
 again 2 s later, empty; *reload*: `runs/latest` re-pointed to the v2 run, then SIGHUP to each instance in
 turn, waiting for its /v1/models to say v2; *training*: `headline train` on the tiny model killed with
 SIGKILL in the middle of an epoch after its second checkpoint, then `headline train --resume`.
-""" + SECURITY
-
-
-SECURITY = """
-## What keeps it safe (issue 6)
-
-- **API keys** (`service/auth.py`, `service/security.py`): `Authorization: Bearer hs_<id>_<secret>`, made
-  with `headline keys create --name N [--scope generate] [--scope admin]` (the key is printed once),
-  listed and revoked with `headline keys list|revoke ID` (a revoke applies on the next request: workers
-  re-read the file when it changes). The keys file (`service.auth.keys_file`, mode 0600, atomic writes
-  under a lock) holds an HMAC-SHA256 of each key with a per-file random pepper, never the key: a fast
-  hash is enough because a key carries 256 random bits (a slow KDF only helps guessable passwords), and it
-  keeps the check in microseconds; comparison is constant-time. 401 + `WWW-Authenticate: Bearer` without
-  a valid key, 403 without the route's scope: `generate` for `/prompt`, `/v1/*`; `admin` for `/metrics`
-  (when `protect_metrics`) and any route not classified; `/healthz`, `/readyz` always open; Swagger and
-  the OpenAPI document open unless `protect_docs`. Off with `service.auth.enabled: false` (local default).
-  Logs carry the key id, never the key.
-- **Rate limits per key** in Redis (sliding-window counters, one Lua call per request): requests per
-  minute counted on admission; generated tokens per minute charged after the answer from its real usage
-  (cache hits cost nothing) and checked before the next request, so one request can overshoot by its own
-  `max_new_tokens x n` but nobody pays for tokens not generated. 429 + `Retry-After`. Redis down: fail
-  open (logged once per outage, `headline_ratelimit_errors` counts it).
-- **Concurrency cap** per worker (`service.max_concurrency`): a non-blocking semaphore; beyond it, 503 +
-  `Retry-After: 1` at once (Nginx tries the other instance) instead of an unbounded queue.
-- **HTTPS** at Nginx (`deploy/nginx/tls.conf`, certificates from `make certs`): TLS 1.2/1.3 only, ECDHE
-  AEAD ciphers, no session tickets, HSTS, `X-Content-Type-Options`, `X-Frame-Options` + CSP
-  `frame-ancestors 'none'`, `Referrer-Policy`; plain HTTP gets a 308 to HTTPS.
-- **On AWS** (`deploy/terraform/aws/api.tf`) the same roles are played at API Gateway: a Cognito user
-  pool issues client-credentials JWTs whose resource-server scopes are `generate` and `admin` (the API-key
-  scopes); the JWT authorizer requires `generate` on `/prompt`, `/v1/headlines`, `/v1/models` and `admin`
-  on `/metrics`, and leaves `/healthz`, `/readyz` and the docs open; stage throttling stands in for the
-  per-key limits. The app then runs with `service.auth.enabled: false` behind it.
-- **Bad input** is tried in `tests/security/test_hostile_inputs.py` (a table) and
-  `tests/security/test_fuzz.py` (schemathesis against our OpenAPI document), and for the trainer in
-  `tests/trainer/test_bad_input.py`.
 """
+
+
+SECURITY_HEADING = "## What keeps it safe"
+
+
+def with_kept_sections(figures: str, path: Path | None) -> str:
+    """The new figures plus the hand-written sections of the old report (from SECURITY_HEADING on)."""
+    try:
+        old = path.read_text() if path else ""
+    except OSError:
+        old = ""
+    start = old.find(SECURITY_HEADING)
+    return figures + ("\n" + old[start:] if start >= 0 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         report = json.loads(args.from_json.read_text())
-        (args.write.write_text if args.write else print)(markdown(report))
+        text = with_kept_sections(markdown(report), args.write)
+        (args.write.write_text if args.write else print)(text)
         return 0 if all(r["ok"] for r in report["results"]) else 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -525,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reliability: logs in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    text = markdown(report)
+    text = with_kept_sections(markdown(report), args.write)
     if args.write:
         args.write.write_text(text)
         print(f"reliability: wrote {args.write}")
