@@ -65,7 +65,8 @@ async def test_cancel_sends_sigint_then_resume(in_tmp, fake_cmd, monkeypatch):
         status = str(screen.query_one("#run-status", Static).render())
         assert "Cancelled. Checkpoint: runs/20250101-000000-headline/checkpoints/checkpoint-" in status
         resume = screen.query_one("#resume", Button)
-        assert resume.display
+        # The process has gone (running is False) a moment before its exit message is handled.
+        await wait_for(pilot, lambda: resume.display)
         await pilot.click("#resume")
         await pilot.pause()
         assert screen.trainer_run.argv[-2:] == ["--resume", "runs/20250101-000000-headline"]
