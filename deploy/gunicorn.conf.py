@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from gunicorn.glogging import Logger
+from gunicorn.http import wsgi
 
 
 def _env_int(name, default):
@@ -131,3 +132,65 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+class _Collect:
+    """Stands in for the socket while headers are rendered, keeping the bytes."""
+
+    def __init__(self):
+        self.data = b""
+
+    def sendall(self, data):
+        self.data += data
+
+
+class OneSendResponse(wsgi.Response):
+    """A response whose headers leave in the same send() as the first body bytes.
+
+    Gunicorn sends headers and body with two calls. A worker killed between them
+    (SIGKILL, OOM) leaves Nginx holding a header it has already passed to the
+    client and no body, which it can neither finish nor retry. Sent together, a
+    small response is either wholly out before the kill or not out at all, and
+    Nginx retries it on the other instance (proxy_next_upstream error).
+    """
+
+    held = b""
+    direct = False  # sendfile bodies bypass _emit_body: their headers go out at once
+
+    def send_headers(self):
+        if self.headers_sent or self.direct:
+            return super().send_headers()
+        sock, self.sock = self.sock, _Collect()
+        try:
+            super().send_headers()
+            self.held = self.sock.data
+        finally:
+            self.sock = sock
+
+    def _emit_body(self, data):
+        held, self.held = self.held, b""
+        if held and not self.chunked:
+            self.sock.sendall(held + data)
+            return
+        if held:
+            self.sock.sendall(held)
+        super()._emit_body(data)
+
+    def sendfile(self, respiter):
+        self.direct = True
+        try:
+            return super().sendfile(respiter)
+        finally:
+            self.direct = False
+
+    def close(self):
+        if not self.headers_sent:
+            self.send_headers()
+        if self.held:  # a response with no body bytes at all (HEAD, 204, empty body)
+            held, self.held = self.held, b""
+            self.sock.sendall(held)
+        super().close()
+
+
+# wsgi.create() builds each response from this module-level name; workers inherit it at fork.
+wsgi.Response = OneSendResponse
