@@ -144,7 +144,11 @@ class _Collect:
         self.data += data
 
 
-class OneSendResponse(wsgi.Response):
+# SIGHUP re-reads this file: subclass gunicorn's own class, never our earlier one.
+_GunicornResponse = wsgi.Response.__bases__[0] if getattr(wsgi.Response, "one_send", False) else wsgi.Response
+
+
+class OneSendResponse(_GunicornResponse):
     """A response whose headers leave in the same send() as the first body bytes.
 
     Gunicorn sends headers and body with two calls. A worker killed between them
@@ -154,6 +158,7 @@ class OneSendResponse(wsgi.Response):
     Nginx retries it on the other instance (proxy_next_upstream error).
     """
 
+    one_send = True
     held = b""
     direct = False  # sendfile bodies bypass _emit_body: their headers go out at once
 

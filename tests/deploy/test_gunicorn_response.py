@@ -71,3 +71,23 @@ def test_empty_and_chunked_bodies_keep_their_order(response_class):
     head, _, body = wire.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert body == b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"
+
+
+def test_reloading_the_config_does_not_stack_the_class(response_class):
+    """SIGHUP makes Gunicorn execute its config file again in the same process."""
+    original = wsgi.Response
+    environ = dict(os.environ)
+    try:
+        wsgi.Response = response_class  # as after the first read of the file
+        again = runpy.run_path(str(CONF))["OneSendResponse"]
+        assert again.__bases__ == response_class.__bases__ == (wsgi.Response.__bases__[0],)
+        assert again.__bases__[0].__module__ == "gunicorn.http.wsgi"
+        resp, sock = make(again)
+        resp.start_response("200 OK", [("Content-Length", "2")])
+        resp.write(b"ok")
+        resp.close()
+        assert len(sock.sends) == 1 and sock.sends[0].endswith(b"\r\n\r\nok")
+    finally:
+        wsgi.Response = original
+        os.environ.clear()
+        os.environ.update(environ)
