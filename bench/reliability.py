@@ -266,7 +266,7 @@ def kill_instance(stack: Stack, rate: float, seconds: float) -> Result:
     back_at = load.now()
     result = summarize("kill -9 one Gunicorn instance", load.join(), seconds)
     result.recovery_s = round(back_at - killed_at, 1)
-    result.notes = "Nginx retries on the other instance; recovery = restarted instance ready"
+    result.notes = "Nginx retries on the other instance (each response leaves Gunicorn in one send, so a kill never strands half an answer); recovery = restarted instance ready"
     return result
 
 
