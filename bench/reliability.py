@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from machine import cpu_name  # noqa: E402
 from stack import Gunicorn, Nginx, Redis, http_get  # noqa: E402
 
 THEMES = [f"market theme {i}" for i in range(50)]
@@ -410,14 +411,7 @@ def run_all(work: Path, *, steady_s: float, fault_s: float, train: bool = True, 
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])

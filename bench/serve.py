@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 BARE_VALUE = json.dumps({"response": "Oil prices climb as supply fears grow"})
 
@@ -388,11 +390,7 @@ def main() -> int:
 
 
 def print_table(results: dict, args) -> None:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     print(f"\nMachine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; load average {results['load_before']} before, "
           f"{results['load_after']} after.\nModel: {results['model']}. Config: repo config.yml"

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -52,14 +54,7 @@ def machine_info() -> str:
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     return (f"{cpu}; {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; {device}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
