@@ -96,7 +96,6 @@ class Generator:
 
     def __init__(self, model, tokenizer, cfg: Config, *, name: str, run: str | None = None,
                  version: str = "unknown", eval_scores: dict | None = None):
-        import torch
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -108,10 +107,7 @@ class Generator:
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
         # Tokens whose text holds a newline end a headline just like EOS does.
         vocab = len(tokenizer)
-        newline = [i for i in range(vocab) if "\n" in tokenizer.decode([i])]
-        self._stop = torch.zeros(max(vocab, model.config.vocab_size), dtype=torch.bool)
-        self._stop[newline] = True
-        self._stop[self._eos] = True
+        self._stop_ids = frozenset(i for i in range(vocab) if "\n" in tokenizer.decode([i])) | {self._eos}
         # Only the last position's logits are used: asking for just those skips the prefill's
         # (B, T, V) LM-head product, as large as the rest of a step for a 135M model.
         import inspect
@@ -217,16 +213,13 @@ class Generator:
             input_ids[b, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[b, T - len(ids):] = 1
         input_ids, attention = input_ids.to(dev), attention.to(dev)
-        max_new = torch.tensor([s.max_new_tokens for s in settings], device=dev)
         penalty = torch.tensor([s.repetition_penalty for s in settings], device=dev).unsqueeze(1)
         temperature = torch.tensor([s.temperature for s in settings], device=dev).unsqueeze(1)
         vocab = self.model.config.vocab_size
         # seen[b, v]: token v occurs in row b's prompt or output (for the repetition penalty).
         seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
         seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
-        stop = self._stop[:vocab].to(dev)
-
-        stop_ids = set(torch.nonzero(stop).flatten().tolist())
+        stop_ids = self._stop_ids
         outs: list[list[int]] = [[] for _ in range(B)]
         ended = [False] * B  # stopped by EOS/newline rather than by max_new_tokens
         # active[i]: the original row of batch row i. Finished rows leave the batch (and
@@ -236,7 +229,7 @@ class Generator:
         step_ids = input_ids
         positions = (attention.cumsum(1) - 1).clamp(min=0)
         keep_logits = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        for _ in range(int(max_new.max())):
+        for _ in range(max(s.max_new_tokens for s in settings)):
             result = self.model(input_ids=step_ids, attention_mask=attention, position_ids=positions,
                                 cache=past, use_cache=True, **keep_logits)
             past = result.cache
