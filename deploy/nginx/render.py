@@ -65,6 +65,15 @@ def state_dir_values(state_dir: Path) -> dict[str, str]:
     }
 
 
+def write_output(text: str, output: Path | None) -> None:
+    """Write the rendered config to ``output`` (creating its folder), or to stdout."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", type=Path, default=TEMPLATE)
@@ -83,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_body_bytes:
         values["client_max_body_size"] = str(args.max_body_bytes)
     text = render(args.template.read_text(encoding="utf-8"), values, args.upstream)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.output)
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from render import render  # noqa: E402  (deploy/nginx/render.py: the same tag convention)
+from render import render, write_output  # noqa: E402  (deploy/nginx/render.py: the same tag convention)
 
 TEMPLATE = HERE / "tls.conf"
 
@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write here instead of stdout")
     args = parser.parse_args(argv)
     text = render_tls(args.tls_listen, args.redirect_listen, args.certs_dir, hsts_max_age=args.hsts_max_age)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.output)
     return 0
 
 
