@@ -86,6 +86,22 @@ def test_length_grouped_sampler_groups_lengths_and_depends_only_on_seed_and_epoc
     assert waste(first) < 0.2 * waste(torch.randperm(400).tolist())
 
 
+def test_length_grouped_sampler_never_mixes_theme_and_article_examples():
+    # The training set's real shape: half short theme prompts, half long article prompts.
+    # Batches that mix the two pad a ~25-token example to ~200 tokens.
+    gen = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in torch.randint(18, 32, (40,), generator=gen)]
+    lengths += [int(x) for x in torch.randint(120, 214, (40,), generator=gen)]
+    for epoch in range(3):
+        sampler = LengthGroupedSampler(lengths, group_size=8, seed=0)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(80))
+        for i in range(0, 80, 8):
+            kinds = {lengths[j] >= 100 for j in order[i : i + 8]}
+            assert len(kinds) == 1, f"epoch {epoch}, batch {i // 8} mixes short and long examples"
+
+
 def test_trainer_loss_skips_prompt_logits_but_equals_the_model_loss(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
