@@ -1,12 +1,23 @@
-"""Dynamic micro-batching: concurrent requests of one worker share a model call.
+"""Dynamic micro-batching: concurrent requests of one worker share model calls.
 
 Request threads (Gunicorn gthread) put a job on a queue and wait on its future.
-One generation thread takes the first job, waits up to ``window_ms`` for more
-(at most ``max_batch_size``), splits them into groups that run well together
-(``group_key``) and calls ``generate(prompts, settings_list)`` once per group.
-The Generator takes one settings object per prompt (own sampling parameters and
-seed) and its batched output equals one-at-a-time output, so each request gets
-exactly the result it would have got alone.
+One generation thread owns the model and runs in one of two ways:
+
+- Continuous (``open_batch`` given, as the service does): the thread keeps one
+  decoding batch (trainer.generation.DecodeBatch). Between two decoding steps it
+  takes whatever jobs are queued, up to ``max_batch_size`` requests in the batch,
+  and adds them; every step generates one token for every request in the batch,
+  and a request is answered the moment its own rows end. A request arriving while
+  others decode starts at the next step (tens of ms) instead of waiting for the
+  whole batch to finish, so the batch stays full under steady load. When the
+  batch is empty the first job waits up to ``window_ms`` for company.
+- Static (only ``generate`` given): take the first job, wait up to ``window_ms``
+  for more, split them into groups that run well together (``group_key``) and
+  call ``generate(prompts, settings_list)`` once per group.
+
+Either way the Generator takes one settings object per prompt (own sampling
+parameters and seed) and batched output equals one-at-a-time output, so each
+request gets exactly the result it would have got alone.
 
 Only this thread touches the model: torch inference is not made thread-safe by
 HF, and one thread with batches beats many threads fighting for the cores.
@@ -28,13 +39,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[str], list[Any]], Sequence[Any]]
+# open_batch() -> a batch with add([(prompt, settings, tag)]), step() -> [(tag, result)],
+# len() (requests decoding) and can_join (may take new rows now); see trainer.generation.DecodeBatch.
+OpenBatchFn = Callable[[], Any]
 
 
 class BatcherClosed(RuntimeError):
     """The batcher was shut down; no more jobs are accepted."""
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: the batcher keeps its jobs in a set
 class _Job:
     prompt: str
     settings: Any
@@ -54,6 +68,7 @@ class MicroBatcher:
         self,
         generate: GenerateFn,
         *,
+        open_batch: OpenBatchFn | None = None,
         window_ms: float = 10.0,
         max_batch_size: int = 8,
         group_key: Callable[[Any], Hashable] = one_group,
@@ -62,6 +77,7 @@ class MicroBatcher:
         name: str = "headline-batcher",
     ):
         self._generate = generate
+        self._open_batch = open_batch if max_batch_size > 1 else None
         self.window_s = max(0.0, window_ms) / 1000.0
         self.max_batch_size = max(1, int(max_batch_size))
         self._group_key = group_key
@@ -69,8 +85,9 @@ class MicroBatcher:
         self._on_queue_wait = on_queue_wait or (lambda s: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = threading.Event()
-        self.batches = 0  # model calls made; read by tests and /readyz
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.batches = 0  # batches started (static) or steps decoded (continuous); read by tests
+        target = self._run_continuous if self._open_batch is not None else self._run
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
         self._thread.start()
 
     # -- request side ---------------------------------------------------------
@@ -121,7 +138,66 @@ class MicroBatcher:
                     groups.setdefault(self._group_key(job.settings), []).append(job)
             for group in groups.values():
                 self._run_group(group)
-        # Fail anything left so that no request thread waits forever.
+        self._fail_queued()
+
+    def _run_continuous(self) -> None:
+        batch: Any = None
+        inflight: set[_Job] = set()  # jobs in the batch, to fail them all if a step raises
+        closing = False
+        while True:
+            jobs: list[_Job] = []
+            if not inflight:
+                if closing:
+                    break
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = None
+                jobs = self._collect(first)
+            elif batch.can_join and not closing:
+                while len(inflight) + len(jobs) < self.max_batch_size:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:  # close(): finish the batch, take nothing new
+                        closing = True
+                        break
+                    jobs.append(job)
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                started = time.perf_counter()
+                for job in jobs:
+                    self._on_queue_wait(started - job.enqueued)
+                try:  # add() changes the batch only once the new prompts' prefill succeeded
+                    if batch is None:
+                        batch = self._open_batch()
+                    batch.add([(j.prompt, j.settings, j) for j in jobs])
+                except BaseException as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
+                    log.exception("prefill failed for %d new requests", len(jobs))
+                    for job in jobs:
+                        job.future.set_exception(exc)
+                else:
+                    inflight.update(jobs)
+            if not inflight:
+                continue
+            try:
+                self._on_batch(len(inflight))
+                self.batches += 1
+                finished = batch.step()
+            except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
+                log.exception("generation failed for a batch of %d", len(inflight))
+                for job in inflight:
+                    job.future.set_exception(exc)
+                inflight.clear()
+                continue
+            for job, result in finished:
+                inflight.discard(job)
+                job.future.set_result(result)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """Fail anything left so that no request thread waits forever."""
         while True:
             try:
                 job = self._queue.get_nowait()

@@ -61,6 +61,8 @@ class Engine:
         b = self.cfg.service.batching
         self.batcher = MicroBatcher(
             generator.generate,
+            # Continuous batching: requests join the running batch between decoding steps.
+            open_batch=getattr(generator, "open_batch", None),
             # Off = one request per model call, still on the one generation thread.
             window_ms=b.window_ms if b.enabled else 0.0,
             max_batch_size=b.max_batch_size if b.enabled else 1,

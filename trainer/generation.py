@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config import Config, resolve_path
 from config.schema import GenerationConfig
@@ -103,6 +103,10 @@ class Generator:
         self.info = {"name": name, "run": run, "version": version}
         self.eval_scores = eval_scores or {}
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            from trainer import cpu_linear
+
+            cpu_linear.install(model)
         self._eos = tokenizer.eos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
         # Tokens whose text holds a newline end a headline just like EOS does.
@@ -112,7 +116,8 @@ class Generator:
         # (B, T, V) LM-head product, as large as the rest of a step for a 135M model.
         import inspect
 
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._keep_logits = {"logits_to_keep": 1} if keep else {}
 
     # -- loading --------------------------------------------------------------
     @classmethod
@@ -163,103 +168,23 @@ class Generator:
     def generate(self, prompts: Sequence[str],
                  settings: GenerationSettings | Sequence[GenerationSettings]) -> list[Generation]:
         """Headlines for each prompt; ``settings`` is one for all or one per prompt."""
-        import torch
-
         if isinstance(settings, GenerationSettings):
             settings = [settings] * len(prompts)
         if len(settings) != len(prompts):
             raise ValueError("settings must be one per prompt")
         if not prompts:
             return []
-        settings = [s.effective() for s in settings]
-        # One row per returned headline; row r belongs to prompt owner[r].
-        rows, owner, row_settings, gens = [], [], [], []
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        for i, (ids, s) in enumerate(zip(encoded, settings)):
-            for k in range(s.num_return):
-                rows.append(ids)
-                owner.append(i)
-                row_settings.append(s)
-                g = None
-                if s.do_sample:
-                    g = torch.Generator(device="cpu")
-                    g.manual_seed((s.seed + k) if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-                gens.append(g)
-        with torch.inference_mode():
-            out_ids, finished = self._decode(rows, row_settings, gens)
-        results = []
-        for i, ids in enumerate(encoded):
-            mine = [r for r in range(len(rows)) if owner[r] == i]
-            texts = [postprocess(self.tokenizer.decode(out_ids[r], skip_special_tokens=True)) for r in mine]
-            results.append(Generation(
-                texts=texts,
-                prompt_tokens=len(ids),
-                completion_tokens=sum(len(out_ids[r]) for r in mine),
-                finished=[finished[r] for r in mine],
-            ))
+        batch = self.open_batch()
+        batch.add(list(zip(prompts, settings, range(len(prompts)))))
+        results: list[Generation | None] = [None] * len(prompts)
+        while len(batch):
+            for i, result in batch.step():
+                results[i] = result
         return results
 
-    def _decode(self, rows: list[list[int]], settings: list[GenerationSettings],
-                gens: list[torch.Generator | None]) -> tuple[list[list[int]], list[bool]]:
-        import torch
-
-        B = len(rows)
-        T = max(len(r) for r in rows)
-        dev = self.device
-        # Left padding keeps every row's last prompt token at position T-1.
-        input_ids = torch.full((B, T), self._pad, dtype=torch.long)
-        attention = torch.zeros((B, T), dtype=torch.long)
-        for b, ids in enumerate(rows):
-            input_ids[b, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[b, T - len(ids):] = 1
-        input_ids, attention = input_ids.to(dev), attention.to(dev)
-        penalty = torch.tensor([s.repetition_penalty for s in settings], device=dev).unsqueeze(1)
-        temperature = torch.tensor([s.temperature for s in settings], device=dev).unsqueeze(1)
-        vocab = self.model.config.vocab_size
-        # seen[b, v]: token v occurs in row b's prompt or output (for the repetition penalty).
-        seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
-        seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
-        stop_ids = self._stop_ids
-        outs: list[list[int]] = [[] for _ in range(B)]
-        ended = [False] * B  # stopped by EOS/newline rather than by max_new_tokens
-        # active[i]: the original row of batch row i. Finished rows leave the batch (and
-        # the KV cache) at once, so a long row no longer drags short ones through every step.
-        active = list(range(B))
-        past = None
-        step_ids = input_ids
-        positions = (attention.cumsum(1) - 1).clamp(min=0)
-        keep_logits = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        for _ in range(max(s.max_new_tokens for s in settings)):
-            result = self.model(input_ids=step_ids, attention_mask=attention, position_ids=positions,
-                                cache=past, use_cache=True, **keep_logits)
-            past = result.cache
-            logits = result.logits[:, -1, :vocab].float()  # (b, V), b = rows still active
-            logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
-            next_ids = logits.argmax(dim=-1)
-            for i, row in enumerate(active):
-                if settings[row].do_sample:
-                    next_ids[i] = self._sample(logits[i] / temperature[i], settings[row], gens[row])
-            keep = []
-            for i, (row, token) in enumerate(zip(active, next_ids.tolist())):
-                if token in stop_ids:
-                    ended[row] = True
-                    continue
-                outs[row].append(token)
-                if len(outs[row]) < settings[row].max_new_tokens:
-                    keep.append(i)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                idx = torch.tensor(keep, device=dev)
-                past.batch_select_indices(idx)
-                attention, positions, seen = attention[idx], positions[idx], seen[idx]
-                penalty, temperature, next_ids = penalty[idx], temperature[idx], next_ids[idx]
-                active = [active[i] for i in keep]
-            seen[torch.arange(len(active), device=dev), next_ids] = True
-            step_ids = next_ids.unsqueeze(1)
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-        return outs, ended
+    def open_batch(self) -> DecodeBatch:
+        """An empty decoding batch that requests can join between steps (continuous batching)."""
+        return DecodeBatch(self)
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
@@ -277,3 +202,215 @@ class Generator:
             sorted_p[drop] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
         return torch.multinomial(probs.cpu(), 1, generator=gen)[0].to(logits.device)
+
+
+@dataclass(eq=False)
+class _Request:
+    tag: Any
+    prompt_tokens: int
+    rows: list[_Row] = field(default_factory=list)
+    left: int = 0  # rows still decoding
+
+
+@dataclass(eq=False)
+class _Row:
+    request: _Request
+    settings: GenerationSettings
+    rng: torch.Generator | None
+    out: list[int] = field(default_factory=list)
+    ended: bool = False  # stopped by EOS/newline rather than by max_new_tokens
+
+
+class DecodeBatch:
+    """Rows decoded together, one token per model call; requests join between steps.
+
+    One row per returned headline. The batch holds, for its active rows, the KV
+    cache and the logits of each row's next token, so a step is: pick the next
+    tokens (repetition penalty, greedy or the row's own sampler), drop the rows
+    that ended, feed the others' tokens to the model. A finished row leaves the
+    batch and the cache at once, so a long row does not drag short ones along.
+
+    ``add`` is continuous batching: new prompts are prefilled on their own and
+    their KV cache is merged into the batch's at the step boundary, each side
+    left-padded (with masked, zero keys) to the longer of the two. A request that
+    arrives while others are decoding therefore starts at the next step instead
+    of waiting for the whole batch, and still gets exactly its own tokens: every
+    row has its own positions, mask, penalty state and random generator.
+    Only caches made of plain ``DynamicLayer`` s can be merged (sliding-window
+    layers, as in Gemma 3, keep a window that left padding would shift); for
+    such models ``can_join`` is False while the batch is busy.
+
+    Shapes: b = active rows, L = cached length (prompt + generated, left-padded), V = vocabulary.
+    """
+
+    def __init__(self, generator: Generator):
+        self._g = generator
+        self._vocab = generator.model.config.vocab_size
+        self._rows: list[_Row] = []
+        self._requests = 0
+        self._cache = None
+        self._joinable = True
+        # Per active row: attention (b, L), position of the last fed token (b, 1), tokens seen
+        # in prompt or output (b, V) for the repetition penalty, penalty and temperature (b, 1),
+        # and the logits of the next token (b, V).
+        self._attention = self._positions = self._seen = None
+        self._penalty = self._temperature = self._logits = None
+
+    def __len__(self) -> int:
+        """Requests still decoding."""
+        return self._requests
+
+    @property
+    def rows(self) -> int:
+        return len(self._rows)
+
+    @property
+    def can_join(self) -> bool:
+        return not self._rows or self._joinable
+
+    def add(self, items: Sequence[tuple[str, GenerationSettings, Any]]) -> None:
+        """Start decoding ``(prompt, settings, tag)`` items; ``step`` returns them by tag when done."""
+        import torch
+
+        if not items:
+            return
+        if not self.can_join:
+            raise RuntimeError("this model's cache cannot take new rows while the batch is decoding")
+        g = self._g
+        rows: list[_Row] = []
+        encoded: list[list[int]] = []
+        for prompt, settings, tag in items:
+            settings = settings.effective()
+            ids = g.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            request = _Request(tag, len(ids))
+            for k in range(settings.num_return):
+                rng = None
+                if settings.do_sample:
+                    rng = torch.Generator(device="cpu")
+                    seed = settings.seed + k if settings.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+                    rng.manual_seed(seed)
+                rows.append(_Row(request, settings, rng))
+                encoded.append(ids)
+            request.left = settings.num_return
+            request.rows = rows[-settings.num_return:]
+        with torch.inference_mode():
+            self._prefill(rows, encoded)
+        self._requests += len(items)
+
+    def _prefill(self, rows: list[_Row], encoded: list[list[int]]) -> None:
+        import torch
+
+        g, dev, vocab = self._g, self._g.device, self._vocab
+        B, T = len(rows), max(len(ids) for ids in encoded)
+        # Left padding keeps every row's last prompt token at position T-1.
+        input_ids = torch.full((B, T), g._pad, dtype=torch.long)
+        attention = torch.zeros((B, T), dtype=torch.long)
+        for b, ids in enumerate(encoded):
+            input_ids[b, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[b, T - len(ids):] = 1
+        input_ids, attention = input_ids.to(dev), attention.to(dev)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        result = g.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                         use_cache=True, **g._keep_logits)
+        seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
+        seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
+        state = {
+            "attention": attention, "positions": positions[:, -1:], "seen": seen,
+            "penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
+            "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1),
+            "logits": result.logits[:, -1, :vocab].float(),
+        }
+        if not self._rows:
+            self._cache = result.cache
+            self._joinable = _mergeable(self._cache)
+            for name, value in state.items():
+                setattr(self, "_" + name, value)
+        else:
+            if not _mergeable(result.cache):
+                raise RuntimeError("this model's cache cannot take new rows while the batch is decoding")
+            L = self._attention.shape[1]
+            width = max(L, T)
+            _merge_caches(self._cache, result.cache, width - L, width - T)
+            state["attention"] = torch.cat([
+                torch.nn.functional.pad(self._attention, (width - L, 0)),
+                torch.nn.functional.pad(attention, (width - T, 0))])
+            for name in ("positions", "seen", "penalty", "temperature", "logits"):
+                state[name] = torch.cat([getattr(self, "_" + name), state[name]])
+            for name, value in state.items():
+                setattr(self, "_" + name, value)
+        self._rows.extend(rows)
+
+    def step(self) -> list[tuple[Any, Generation]]:
+        """One token for every active row; returns ``(tag, Generation)`` of requests that finished."""
+        import torch
+
+        if not self._rows:
+            return []
+        g = self._g
+        with torch.inference_mode():
+            logits, penalty = self._logits, self._penalty
+            logits = torch.where(self._seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+            next_ids = logits.argmax(dim=-1)
+            for i, row in enumerate(self._rows):
+                if row.settings.do_sample:
+                    next_ids[i] = g._sample(logits[i] / self._temperature[i], row.settings, row.rng)
+            keep, done = [], []
+            for i, (row, token) in enumerate(zip(self._rows, next_ids.tolist())):
+                if token in g._stop_ids:
+                    row.ended = True
+                else:
+                    row.out.append(token)
+                    if len(row.out) < row.settings.max_new_tokens:
+                        keep.append(i)
+                        continue
+                row.request.left -= 1
+                if row.request.left == 0:
+                    done.append((row.request.tag, self._result(row.request)))
+            self._requests -= len(done)
+            if not keep:
+                self._rows, self._cache = [], None
+                self._attention = self._positions = self._seen = None
+                self._penalty = self._temperature = self._logits = None
+                return done
+            if len(keep) < len(self._rows):
+                idx = torch.tensor(keep, device=g.device)
+                self._cache.batch_select_indices(idx)
+                self._attention, self._positions, self._seen = self._attention[idx], self._positions[idx], self._seen[idx]
+                self._penalty, self._temperature = self._penalty[idx], self._temperature[idx]
+                next_ids = next_ids[idx]
+                self._rows = [self._rows[i] for i in keep]
+            self._seen[torch.arange(len(self._rows), device=g.device), next_ids] = True
+            self._attention = torch.cat([self._attention, self._attention.new_ones((len(self._rows), 1))], dim=1)
+            self._positions = self._positions + 1
+            result = g.model(input_ids=next_ids.unsqueeze(1), attention_mask=self._attention,
+                             position_ids=self._positions, cache=self._cache, use_cache=True, **g._keep_logits)
+            self._cache = result.cache
+            self._logits = result.logits[:, -1, :self._vocab].float()
+        return done
+
+    def _result(self, request: _Request) -> Generation:
+        tok = self._g.tokenizer
+        return Generation(
+            texts=[postprocess(tok.decode(r.out, skip_special_tokens=True)) for r in request.rows],
+            prompt_tokens=request.prompt_tokens,
+            completion_tokens=sum(len(r.out) for r in request.rows),
+            finished=[r.ended for r in request.rows],
+        )
+
+
+def _mergeable(cache) -> bool:
+    """Whether a KV cache can be left-padded and concatenated with another: plain dynamic layers only."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _merge_caches(into, other, pad_into: int, pad_other: int) -> None:
+    """Append ``other``'s rows to ``into``, left-padding each side's keys/values to one length."""
+    import torch
+    from torch.nn.functional import pad
+
+    for a, b in zip(into.layers, other.layers):
+        a.keys = torch.cat([pad(a.keys, (0, 0, pad_into, 0)), pad(b.keys, (0, 0, pad_other, 0))])
+        a.values = torch.cat([pad(a.values, (0, 0, pad_into, 0)), pad(b.values, (0, 0, pad_other, 0))])

@@ -52,6 +52,32 @@ class CountingGenerator:
             time.sleep(self.delay)
         return self.inner.generate(prompts, settings)
 
+    def open_batch(self):
+        """The inner Generator's continuous batch, counting each prefill as a call of its size."""
+        counter, batch = self, self.inner.open_batch()
+
+        class Counted:
+            def add(self, items):
+                with counter._lock:
+                    counter.calls += 1
+                    counter.prompts += len(items)
+                    counter.batch_sizes.append(len(items))
+                if counter.delay:
+                    time.sleep(counter.delay)
+                batch.add(items)
+
+            def step(self):
+                return batch.step()
+
+            def __len__(self):
+                return len(batch)
+
+            @property
+            def can_join(self):
+                return batch.can_join
+
+        return Counted()
+
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_model_dir):

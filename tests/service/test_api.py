@@ -169,6 +169,9 @@ def test_500_is_generic_with_request_id(make_app, tiny_generator, caplog):
         def generate(self, prompts, settings):
             raise RuntimeError("secret internals")
 
+        def open_batch(self):
+            raise RuntimeError("secret internals")
+
     c = make_app(Broken(tiny_generator), warmup=False).test_client()
     r = c.post("/prompt", json={"prompt": "oil", "max_len": 5}, headers={"X-Request-ID": "req-42"})
     body = _is_error(r, 500)

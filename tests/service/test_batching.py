@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batching import MicroBatcher
+from service.batching import BatcherClosed, MicroBatcher
 from service.schemas import normalize_text
 from tests.service.conftest import CountingGenerator
 
@@ -99,3 +99,85 @@ def test_batcher_groups():
     assert [f.result(5) for f in futures] == ["1", "20", "2", "30"]
     assert sorted(seen) == [[1, 2], [20, 30]]
     b.close()
+
+
+class FakeBatch:
+    """A decoding batch of the DecodeBatch protocol: item (prompt, steps, tag) ends after `steps` steps."""
+
+    def __init__(self, log, joinable=True):
+        self.log, self.joinable, self.items = log, joinable, {}
+
+    def add(self, items):
+        if any(p == "boom-add" for p, _, _ in items):
+            raise ValueError("bad prompt")
+        self.log.append(("add", sorted(p for p, _, _ in items), sorted(p for p, _, _ in self.items.values())))
+        for prompt, steps, tag in items:
+            self.items[id(tag)] = (prompt, steps, tag)
+
+    def step(self):
+        time.sleep(0.01)
+        if any(p == "boom-step" for p, _, _ in self.items.values()):
+            raise RuntimeError("step failed")
+        done = []
+        for key, (prompt, steps, tag) in list(self.items.items()):
+            if steps <= 1:
+                done.append((tag, f"{prompt}/done"))
+                del self.items[key]
+            else:
+                self.items[key] = (prompt, steps - 1, tag)
+        return done
+
+    def __len__(self):
+        return len(self.items)
+
+    @property
+    def can_join(self):
+        return self.joinable or not self.items
+
+
+def test_continuous_batching_joins_between_steps_and_caps_the_batch():
+    log, sizes = [], []
+    b = MicroBatcher(None, open_batch=lambda: FakeBatch(log), window_ms=0, max_batch_size=3,
+                     on_batch=sizes.append)
+    long = b.submit_async("long", 30)
+    time.sleep(0.05)  # the long request is decoding now
+    late = [b.submit_async(f"late{i}", 2) for i in range(4)]
+    assert [f.result(5) for f in late] == [f"late{i}/done" for i in range(4)]
+    assert not long.done()  # the late requests finished while the long one went on
+    assert long.result(5) == "long/done"
+    # The late requests joined the running batch (never more than 3 requests in it).
+    joins = [entry for entry in log if "long" in entry[2]]
+    assert joins and max(sizes) == 3
+    assert sum(len(entry[1]) for entry in joins) == 4
+    b.close()
+
+
+def test_continuous_batching_errors_fail_only_their_requests():
+    log = []
+    b = MicroBatcher(None, open_batch=lambda: FakeBatch(log), window_ms=0, max_batch_size=8)
+    running = b.submit_async("running", 20)
+    time.sleep(0.03)
+    with pytest.raises(ValueError):  # a failed prefill fails the new request only
+        b.submit("boom-add", 1, timeout=5)
+    assert running.result(5) == "running/done"
+    victims = [b.submit_async("victim", 50)]
+    time.sleep(0.03)
+    victims.append(b.submit_async("boom-step", 1))
+    for f in victims:  # a failed step fails every request of the batch
+        with pytest.raises(RuntimeError):
+            f.result(5)
+    assert b.submit("after", 2, timeout=5) == "after/done"  # and the thread goes on
+    b.close()
+
+
+def test_continuous_batching_waits_when_the_cache_cannot_merge():
+    log = []
+    b = MicroBatcher(None, open_batch=lambda: FakeBatch(log, joinable=False), window_ms=0, max_batch_size=8)
+    first = b.submit_async("first", 10)
+    time.sleep(0.03)
+    second = b.submit_async("second", 1)
+    assert first.result(5) == "first/done" and second.result(5) == "second/done"
+    assert [entry[2] for entry in log] == [[], []]  # each started in an empty batch
+    b.close()
+    with pytest.raises(BatcherClosed):
+        b.submit("closed", 1, timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from config import load_config
 from trainer.errors import TrainerError
@@ -36,6 +37,55 @@ def test_batched_equals_one_at_a_time_with_mixed_settings(generator):
     assert [b.texts for b in batched] == [a.texts for a in alone]
     assert [b.completion_tokens for b in batched] == [a.completion_tokens for a in alone]
     assert [len(b.texts) for b in batched] == [1, 1, 3]
+
+
+def _trace(batch, log):
+    """Record the next-token logits of every active row, keyed by (tag, row, tokens so far)."""
+    for row, logits in zip(batch._rows, batch._logits):
+        log[(row.request.tag, row.request.rows.index(row), len(row.out))] = logits.clone()
+
+
+def test_requests_joining_a_running_batch_get_their_own_output(generator):
+    """Continuous batching: rows join between steps, with prompts shorter and longer than the
+    batch's cached length, and leave when done; each request gets the tokens, and at every step
+    the logits, of its one-at-a-time run."""
+    long_prompt = "Category: business\nArticle: The company said profits doubled and shares rose.\nHeadline:"
+    items = [
+        (PROMPTS[0], GenerationSettings(max_new_tokens=12), "a"),
+        (PROMPTS[1], GenerationSettings(do_sample=True, seed=3, temperature=0.9, top_k=20, max_new_tokens=9), "b"),
+        (long_prompt, GenerationSettings(do_sample=True, seed=11, top_p=0.5, num_return=2, max_new_tokens=7), "c"),
+        ("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=5, repetition_penalty=1.5), "d"),
+    ]
+    joined, done = {}, {}
+    batch = generator.open_batch()
+    batch.add(items[:1])
+    for _ in range(2):
+        _trace(batch, joined)
+        done.update(batch.step())
+    assert batch.can_join and batch.rows == 1
+    batch.add(items[1:3])  # one prompt shorter, one longer than the batch's cached length
+    assert batch.rows == 4 and len(batch) == 3
+    _trace(batch, joined)
+    done.update(batch.step())
+    batch.add(items[3:])
+    while len(batch):
+        _trace(batch, joined)
+        done.update(batch.step())
+    assert batch.rows == 0 and batch.step() == []
+
+    for prompt, settings, tag in items:
+        alone_log, finished = {}, []
+        alone = generator.open_batch()
+        alone.add([(prompt, settings, tag)])
+        while len(alone):
+            _trace(alone, alone_log)
+            finished += alone.step()
+        ((_, result),) = finished
+        assert done[tag].texts == result.texts, tag
+        assert done[tag].completion_tokens == result.completion_tokens, tag
+        assert done[tag].prompt_tokens == result.prompt_tokens, tag
+        for key, logits in alone_log.items():
+            assert torch.allclose(joined[key], logits, atol=1e-4), key
 
 
 def test_seeds_repeat_and_differ(generator):
