@@ -34,7 +34,6 @@ import threading
 import time
 from pathlib import Path
 
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 BARE_VALUE = json.dumps({"response": "Oil prices climb as supply fears grow"})
@@ -390,6 +389,8 @@ def main() -> int:
 
 
 def print_table(results: dict, args) -> None:
+    from bench.machine import cpu_name  # here, not at the top: Gunicorn imports this module as bench.serve
+
     cpu = cpu_name()
     print(f"\nMachine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; load average {results['load_before']} before, "

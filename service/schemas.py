@@ -146,6 +146,26 @@ def make_schemas(cfg: Config) -> SimpleNamespace:
                                  metadata={"description": f"Most tokens generated (1-{svc.max_new_tokens_limit})",
                                            "example": 50})
 
+        @staticmethod
+        def fast_load(data):
+            """``load(data)`` for the usual valid body, or None to let ``load`` decide.
+
+            Checks exactly what the fields above check, for the one shape every client of the
+            original contract sends (both fields, a string and an int), without marshmallow's
+            per-field machinery, which is a tenth of a cache hit's time. Anything else (a
+            missing field, a default to fill, any invalid value) goes through ``load``, which
+            also writes the error messages. tests/service/test_schemas.py checks that both
+            agree on every input where this returns a value.
+            """
+            if type(data) is not dict or len(data) != 2:
+                return None
+            prompt, max_len = data.get("prompt"), data.get("max_len")
+            if (type(prompt) is str and type(max_len) is int
+                    and 1 <= len(prompt) <= svc.max_prompt_chars and 1 <= max_len <= svc.max_new_tokens_limit
+                    and not prompt.isspace() and _REFUSED_CHARS.search(prompt) is None):
+                return {"prompt": prompt, "max_len": max_len}
+            return None
+
     class HeadlinesRequestSchema(ma.Schema):
         """Exactly one of theme or article; every other field has the config.yml default."""
 
