@@ -26,6 +26,7 @@ from service.schemas import normalize_text
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "5"
+MEMO_ENTRIES = 4096  # settings and cache keys of this many recent distinct requests
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Engine:
     # the fixed part of the cache key are computed once (see settings() and _keys()).
     _defaults: dict[str, Any] | None = field(default=None, init=False, repr=False)
     _key_maker: tuple[str, KeyMaker] | None = field(default=None, init=False, repr=False)
+    # (version, input, overrides) -> (settings, cache key) of recent requests; see headlines().
+    _memo: dict[tuple, tuple[Any, str | None]] = field(default_factory=dict, init=False, repr=False)
 
     # -- lifecycle ---------------------------------------------------------------
     def start_batcher(self, generator: Any) -> None:
@@ -114,12 +117,20 @@ class Engine:
         theme = normalize_text(theme) if theme is not None else None
         article = normalize_text(article) if article is not None else None
         category = normalize_text(category) if category else None
-        settings = self.settings(**overrides)
-        key = None
-        if settings.deterministic:
-            # Setting values in dataclass field order (a frozen dataclass's __dict__ keeps it).
-            key = self._keys(gen.info.get("version") or "unknown").key(
-                [theme, article, category, list(vars(settings.effective()).values())])
+        version = gen.info.get("version") or "unknown"
+        # Repeated requests (the ones a cache serves) reuse their settings and key.
+        memo_key = (version, theme, article, category, tuple(overrides.items()))
+        memo = self._memo.get(memo_key)
+        if memo is None:
+            settings = self.settings(**overrides)
+            key = None
+            if settings.deterministic:
+                # Setting values in dataclass field order (a frozen dataclass's __dict__ keeps it).
+                key = self._keys(version).key([theme, article, category, list(vars(settings.effective()).values())])
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[memo_key] = memo = (settings, key)
+        settings, key = memo
 
         def produce() -> dict:
             prompt = gen.prompt(theme=theme, article=article, category=category)
