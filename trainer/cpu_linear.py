@@ -112,7 +112,7 @@ def install(model, *, force: bool | None = None) -> bool:
         weights = max(groups.values(), key=lambda ws: sum(w.numel() for w in ws)) if groups else [layers[0].weight]
         timings = calibrate(weights)
         faster = all(blocked < 0.9 * plain for plain, blocked in timings.values())
-        log.info("blocked small-batch linear %s: %s", "on" if faster else "off", ", ".join(
+        log.debug("blocked small-batch linear %s: %s", "on" if faster else "off", ", ".join(
             f"{n} rows {plain * 1e3:.1f} -> {blocked * 1e3:.1f} ms" for n, (plain, blocked) in timings.items()))
         if not faster:
             return False

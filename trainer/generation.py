@@ -123,13 +123,19 @@ class Generator:
     @classmethod
     def load(cls, ref: str, cfg: Config) -> Generator:
         """Load a run folder (``runs/latest`` included) or any ``model.name`` value."""
-        from trainer.modeling import load_model_and_tokenizer, resolve_model_source, weights_version
+        from trainer.modeling import (
+            inference_device,
+            load_model_and_tokenizer,
+            resolve_model_source,
+            weights_version,
+        )
 
         path = resolve_path(ref)
         if path.exists() and _is_run_dir(path.resolve()):
             run_dir = path.resolve()
             meta = json.loads((run_dir / "run.json").read_text())
             model, tokenizer = load_model_and_tokenizer(str(run_dir / "model"), cfg.model)
+            model = model.to(inference_device())
             scores = {}
             if (run_dir / "eval.json").is_file():
                 scores = json.loads((run_dir / "eval.json").read_text())
@@ -145,6 +151,7 @@ class Generator:
             )
         source = resolve_model_source(ref, cfg.model)
         model, tokenizer = load_model_and_tokenizer(ref, cfg.model)
+        model = model.to(inference_device())
         version = weights_version(source) if Path(source).is_dir() else "hub"
         return cls(model, tokenizer, cfg, name=ref, run=None, version=version)
 

@@ -165,6 +165,13 @@ def pick_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def inference_device() -> str:
+    """Where loaded models generate: the first CUDA GPU when there is one, else the CPU (fp32 both)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_tokenizer(source: str, model_cfg: ModelConfig | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
