@@ -141,6 +141,19 @@ class ResponseCache:
                 self.url, single_connection_client=True, **self._client_kwargs)
         return client
 
+    def _get(self, key: str) -> bytes | None:
+        """GET over this thread's connection. A connection error is retried once on a new
+        connection before it counts: after a Redis restart every thread's idle connection is
+        closed, and a pool would have noticed that on checkout. Without the retry each thread
+        would find its own dead connection in turn and hold the breaker open for a minute."""
+        client = self._thread_client()
+        try:
+            return client.get(key)
+        except redis.ConnectionError:
+            if client is self.client:
+                raise
+            return client.get(key)  # redis-py dropped the broken connection: this one is new
+
     # -- get or generate ----------------------------------------------------------
     def get_or_generate(
         self, key: str | None, produce: Callable[[], dict], *, read: bool = True
@@ -155,7 +168,7 @@ class ResponseCache:
             self._store(key, value)
             return value, BYPASS
         try:
-            cached = self._thread_client().get(key)
+            cached = self._get(key)
             if cached is None:
                 token = secrets.token_hex(8)
                 owner = self.client.set(LOCK_PREFIX + key, token, nx=True, px=self.cfg.lock_timeout_ms)

@@ -113,6 +113,32 @@ def test_redis_stopped_mid_test_then_recovers(make_app, private_redis):
     assert c.get("/readyz").get_json()["status"] == "ready"
 
 
+def test_quick_redis_restart_costs_no_cache_error(make_app, private_redis):
+    """Every request thread holds its own Redis connection; after a restart those are dead. The
+    next request must reconnect, not count an error and open the breaker (thread by thread)."""
+    app = make_app(**{"cache.redis_url": private_redis.url, "cache.retry_after_s": 30})
+    c = app.test_client()
+    with ThreadPoolExecutor(4) as pool:  # the same threads before and after, as in Gunicorn
+
+        def post_in_threads():
+            barrier = threading.Barrier(4)
+
+            def one(_):
+                barrier.wait()  # every thread of the pool takes a request (and has a connection)
+                return c.post("/v1/headlines", json=BODY).headers["X-Cache"]
+
+            return list(pool.map(one, range(4)))
+
+        assert "MISS" in post_in_threads()
+        private_redis.stop()
+        private_redis.start()  # empty again, and every thread's connection is closed
+        errors = _cache_errors()
+        outcomes = post_in_threads()
+    assert set(outcomes) <= {"MISS", "HIT"}, outcomes
+    assert _cache_errors() == errors
+    assert c.get("/readyz").get_json()["status"] == "ready"
+
+
 def test_slow_redis_costs_one_socket_timeout(make_app):
     # A server that accepts connections and never answers: Redis hung, not down.
     silent = socket.socket()
