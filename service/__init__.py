@@ -1,4 +1,4 @@
-"""Headline Studio API service: Flask-Smorest app, micro-batching, Redis cache, metrics.
+"""Headline Studio API service: Flask-Smorest app, continuous batching, Redis cache, metrics.
 
 ``create_app`` is the entry point (Gunicorn: ``service:create_app()``). It is
 imported on first use, so light modules such as ``service.keys_cli`` (behind

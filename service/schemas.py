@@ -127,7 +127,7 @@ class ReadySchema(ma.Schema):
                                                     "answers are not cached)", "example": "ready"})
     model = fields.Nested(ModelInfoSchema)
     redis = fields.String(metadata={"description": "ok | unavailable | disabled", "example": "ok"})
-    batching = fields.Dict(metadata={"description": "Micro-batching settings and queue depth"})
+    batching = fields.Dict(metadata={"description": "Batching settings (continuous batching) and queue depth"})
 
 
 def make_schemas(cfg: Config) -> SimpleNamespace:

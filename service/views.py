@@ -175,8 +175,9 @@ def register_views(api: Api, engine: Engine) -> None:
 
             Deterministic requests (greedy, or sampling with a `seed`) are cached in Redis;
             `X-Cache` says HIT, MISS or BYPASS, and `Cache-Control: no-cache` skips the
-            cache. Concurrent requests are generated together in micro-batches; each gets
-            exactly the answer it would get alone.
+            cache. Concurrent requests share decoding steps (continuous batching: a request
+            joins the running batch at the next step); each gets exactly the answer it would
+            get alone.
             """
             field_name = "theme" if "theme" in body else "article"
             engine = _engine()
