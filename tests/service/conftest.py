@@ -43,13 +43,17 @@ class CountingGenerator:
     def count_tokens(self, text):
         return self.inner.count_tokens(text)
 
-    def generate(self, prompts, settings):
+    def _count(self, prompts: int) -> None:
+        """One model call of ``prompts`` prompts (then the configured delay)."""
         with self._lock:
             self.calls += 1
-            self.prompts += len(prompts)
-            self.batch_sizes.append(len(prompts))
+            self.prompts += prompts
+            self.batch_sizes.append(prompts)
         if self.delay:
             time.sleep(self.delay)
+
+    def generate(self, prompts, settings):
+        self._count(len(prompts))
         return self.inner.generate(prompts, settings)
 
     def open_batch(self):
@@ -58,12 +62,7 @@ class CountingGenerator:
 
         class Counted:
             def add(self, items):
-                with counter._lock:
-                    counter.calls += 1
-                    counter.prompts += len(items)
-                    counter.batch_sizes.append(len(items))
-                if counter.delay:
-                    time.sleep(counter.delay)
+                counter._count(len(items))
                 batch.add(items)
 
             def step(self):

@@ -51,3 +51,20 @@ def test_install_off_and_measured():
     with torch.inference_mode():
         torch.testing.assert_close(model(x), F.linear(x, model[0].weight, model[0].bias), rtol=1e-5, atol=1e-5)
     assert cpu_linear.install(torch.nn.Sequential(torch.nn.ReLU())) is False  # nothing to patch
+
+
+def test_install_measures_once_per_architecture(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "_DECIDED", {})
+    calls = []
+    real = cpu_linear.calibrate
+
+    def counting(weights, *args, **kwargs):
+        calls.append(len(weights))
+        return real(weights, *args, **kwargs)
+
+    monkeypatch.setattr(cpu_linear, "calibrate", counting)
+    first = cpu_linear.install(torch.nn.Sequential(torch.nn.Linear(64, 128)))
+    assert cpu_linear.install(torch.nn.Sequential(torch.nn.Linear(64, 128))) == first  # same shapes: no new timing
+    assert len(calls) == 1
+    cpu_linear.install(torch.nn.Sequential(torch.nn.Linear(64, 192)))  # other shapes: measured
+    assert len(calls) == 2
