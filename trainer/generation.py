@@ -257,11 +257,10 @@ class DecodeBatch:
         self._requests = 0
         self._cache = None
         self._joinable = True
-        # Per active row: attention (b, L), position of the last fed token (b, 1), tokens seen
-        # in prompt or output (b, V) for the repetition penalty, penalty and temperature (b, 1),
-        # and the logits of the next token (b, V).
-        self._attention = self._positions = self._seen = None
-        self._penalty = self._temperature = self._logits = None
+        # One row per active row in each tensor: "attention" (b, L), "positions" of the last fed
+        # token (b, 1), tokens "seen" in prompt or output (b, V) for the repetition penalty,
+        # "penalty" and "temperature" (b, 1), and the "logits" of the next token (b, V).
+        self._t: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         """Requests still decoding."""
@@ -330,21 +329,16 @@ class DecodeBatch:
         if not self._rows:
             self._cache = result.cache
             self._joinable = _mergeable(self._cache)
-            for name, value in state.items():
-                setattr(self, "_" + name, value)
         else:
             if not _mergeable(result.cache):
                 raise RuntimeError("this model's cache cannot take new rows while the batch is decoding")
-            L = self._attention.shape[1]
+            L = self._t["attention"].shape[1]
             width = max(L, T)
             _merge_caches(self._cache, result.cache, width - L, width - T)
-            state["attention"] = torch.cat([
-                torch.nn.functional.pad(self._attention, (width - L, 0)),
-                torch.nn.functional.pad(attention, (width - T, 0))])
-            for name in ("positions", "seen", "penalty", "temperature", "logits"):
-                state[name] = torch.cat([getattr(self, "_" + name), state[name]])
-            for name, value in state.items():
-                setattr(self, "_" + name, value)
+            old = dict(self._t, attention=torch.nn.functional.pad(self._t["attention"], (width - L, 0)))
+            state["attention"] = torch.nn.functional.pad(attention, (width - T, 0))
+            state = {name: torch.cat([old[name], value]) for name, value in state.items()}
+        self._t = state
         self._rows.extend(rows)
 
     def step(self) -> list[tuple[Any, Generation]]:
@@ -353,14 +347,14 @@ class DecodeBatch:
 
         if not self._rows:
             return []
-        g = self._g
+        g, t = self._g, self._t
         with torch.inference_mode():
-            logits, penalty = self._logits, self._penalty
-            logits = torch.where(self._seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+            logits, penalty = t["logits"], t["penalty"]
+            logits = torch.where(t["seen"], torch.where(logits < 0, logits * penalty, logits / penalty), logits)
             next_ids = logits.argmax(dim=-1)
             for i, row in enumerate(self._rows):
                 if row.settings.do_sample:
-                    next_ids[i] = g._sample(logits[i] / self._temperature[i], row.settings, row.rng)
+                    next_ids[i] = g._sample(logits[i] / t["temperature"][i], row.settings, row.rng)
             keep, done = [], []
             for i, (row, token) in enumerate(zip(self._rows, next_ids.tolist())):
                 if token in g._stop_ids:
@@ -375,24 +369,21 @@ class DecodeBatch:
                     done.append((row.request.tag, self._result(row.request)))
             self._requests -= len(done)
             if not keep:
-                self._rows, self._cache = [], None
-                self._attention = self._positions = self._seen = None
-                self._penalty = self._temperature = self._logits = None
+                self._rows, self._cache, self._t = [], None, {}
                 return done
             if len(keep) < len(self._rows):
                 idx = torch.tensor(keep, device=g.device)
                 self._cache.batch_select_indices(idx)
-                self._attention, self._positions, self._seen = self._attention[idx], self._positions[idx], self._seen[idx]
-                self._penalty, self._temperature = self._penalty[idx], self._temperature[idx]
+                t = self._t = {name: value[idx] for name, value in t.items()}
                 next_ids = next_ids[idx]
                 self._rows = [self._rows[i] for i in keep]
-            self._seen[torch.arange(len(self._rows), device=g.device), next_ids] = True
-            self._attention = torch.cat([self._attention, self._attention.new_ones((len(self._rows), 1))], dim=1)
-            self._positions = self._positions + 1
-            result = g.model(input_ids=next_ids.unsqueeze(1), attention_mask=self._attention,
-                             position_ids=self._positions, cache=self._cache, use_cache=True, **g._keep_logits)
+            t["seen"][torch.arange(len(self._rows), device=g.device), next_ids] = True
+            t["attention"] = torch.cat([t["attention"], t["attention"].new_ones((len(self._rows), 1))], dim=1)
+            t["positions"] = t["positions"] + 1
+            result = g.model(input_ids=next_ids.unsqueeze(1), attention_mask=t["attention"],
+                             position_ids=t["positions"], cache=self._cache, use_cache=True, **g._keep_logits)
             self._cache = result.cache
-            self._logits = result.logits[:, -1, :self._vocab].float()
+            t["logits"] = result.logits[:, -1, :self._vocab].float()
         return done
 
     def _result(self, request: _Request) -> Generation:

@@ -41,7 +41,7 @@ def test_batched_equals_one_at_a_time_with_mixed_settings(generator):
 
 def _trace(batch, log):
     """Record the next-token logits of every active row, keyed by (tag, row, tokens so far)."""
-    for row, logits in zip(batch._rows, batch._logits):
+    for row, logits in zip(batch._rows, batch._t["logits"]):
         log[(row.request.tag, row.request.rows.index(row), len(row.out))] = logits.clone()
 
 
