@@ -118,6 +118,8 @@ class Engine:
         article = normalize_text(article) if article is not None else None
         category = normalize_text(category) if category else None
         version = gen.info.get("version") or "unknown"
+        if getattr(gen, "weights", "float32") != "float32":  # same weights, other precision: other answers
+            version = f"{version}+{gen.weights}"
         # Repeated requests (the ones a cache serves) reuse their settings and key.
         memo_key = (version, theme, article, category, tuple(overrides.items()))
         memo = self._memo.get(memo_key)

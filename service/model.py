@@ -94,7 +94,7 @@ class ModelHost:
         # Workers x torch threads should not exceed the cores (see service.torch_threads).
         torch.set_num_threads(self.cfg.service.torch_threads)
         log.info("loading model %r with %d torch thread(s)", self.ref, self.cfg.service.torch_threads)
-        return Generator.load(self.ref, self.cfg)
+        return Generator.load(self.ref, self.cfg, weights=self.cfg.service.weights)
 
     def _warm_up(self, generator: Any) -> None:
         from trainer.generation import GenerationSettings

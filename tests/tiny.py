@@ -24,11 +24,21 @@ CORPUS = [
 ]
 
 
-def make_tiny_model(path: str | Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a tokenizer and a random 2-layer GPT-2 to ``path``; return the path."""
+def make_tiny_model(path: str | Path, *, vocab_size: int = 512, seed: int = 0, arch: str = "gpt2") -> Path:
+    """Write a tokenizer and a random 2-layer model to ``path``; return the path.
+
+    ``arch``: "gpt2", or "llama" (the family of the packaged SmolLM2: rotary positions, RMS
+    norm, grouped-query attention with 4 query heads over 2 key/value heads).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -47,6 +57,15 @@ def make_tiny_model(path: str | Path, *, vocab_size: int = 512, seed: int = 0) -
     tokenizer.save_pretrained(path)
 
     torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        LlamaForCausalLM(config).save_pretrained(path)
+        return path
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=512,

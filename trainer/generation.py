@@ -95,7 +95,8 @@ class Generator:
     """A loaded model + tokenizer that turns prompts into headlines."""
 
     def __init__(self, model, tokenizer, cfg: Config, *, name: str, run: str | None = None,
-                 version: str = "unknown", eval_scores: dict | None = None):
+                 version: str = "unknown", eval_scores: dict | None = None, packed: bool = True,
+                 weights: str = "float32"):
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -103,10 +104,16 @@ class Generator:
         self.info = {"name": name, "run": run, "version": version}
         self.eval_scores = eval_scores or {}
         self.device = next(model.parameters()).device
+        # Precision the linear layers run in: "float16" (CPU only, see trainer.cpu_linear) or the
+        # model's own. Part of the service's cache key: it can change a headline.
+        self.weights = "float32"
         if self.device.type == "cpu":
             from trainer import cpu_linear
 
-            cpu_linear.install(model)
+            if weights == "float16" and cpu_linear.install_float16(model):
+                self.weights = "float16"
+            else:
+                cpu_linear.install(model)
         self._eos = tokenizer.eos_token_id
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos
         # Tokens whose text holds a newline end a headline just like EOS does.
@@ -118,11 +125,19 @@ class Generator:
 
         keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._keep_logits = {"logits_to_keep": 1} if keep else {}
+        from trainer import packed_attention
+
+        # New requests' prompts ride in the running batch's steps where the model allows it
+        # (``packed=False`` keeps the general path, for comparison).
+        self._packed = packed and keep and packed_attention.enable(model)
 
     # -- loading --------------------------------------------------------------
     @classmethod
-    def load(cls, ref: str, cfg: Config) -> Generator:
-        """Load a run folder (``runs/latest`` included) or any ``model.name`` value."""
+    def load(cls, ref: str, cfg: Config, *, weights: str = "float32") -> Generator:
+        """Load a run folder (``runs/latest`` included) or any ``model.name`` value.
+
+        ``weights="float16"`` serves the linear layers from float16 copies on CPU (the service's
+        ``service.weights``); evaluation and the CLI keep the trained float32 weights."""
         from trainer.modeling import (
             inference_device,
             load_model_and_tokenizer,
@@ -141,7 +156,8 @@ class Generator:
                 scores = json.loads((run_dir / "eval.json").read_text())
             version = meta.get("version") or weights_version(run_dir / "model")
             return cls(model, tokenizer, cfg, name=meta.get("base_model", "unknown"),
-                       run=meta.get("run_id", run_dir.name), version=version, eval_scores=scores)
+                       run=meta.get("run_id", run_dir.name), version=version, eval_scores=scores,
+                       weights=weights)
         if path.exists() and path.is_dir() and (path / "run.json").exists():
             raise TrainerError(f"{ref}: run has no final model yet (unfinished or cancelled run)")
         if ref.rstrip("/").endswith("latest") and not path.exists():
@@ -153,7 +169,7 @@ class Generator:
         model, tokenizer = load_model_and_tokenizer(ref, cfg.model)
         model = model.to(inference_device())
         version = weights_version(source) if Path(source).is_dir() else "hub"
-        return cls(model, tokenizer, cfg, name=ref, run=None, version=version)
+        return cls(model, tokenizer, cfg, name=ref, run=None, version=version, weights=weights)
 
     # -- prompts --------------------------------------------------------------
     def prompt(self, *, theme: str | None = None, article: str | None = None,
@@ -191,7 +207,7 @@ class Generator:
 
     def open_batch(self) -> DecodeBatch:
         """An empty decoding batch that requests can join between steps (continuous batching)."""
-        return DecodeBatch(self)
+        return PackedDecodeBatch(self) if self._packed else DecodeBatch(self)
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator) -> torch.Tensor:
@@ -237,15 +253,17 @@ class DecodeBatch:
     that ended, feed the others' tokens to the model. A finished row leaves the
     batch and the cache at once, so a long row does not drag short ones along.
 
-    ``add`` is continuous batching: new prompts are prefilled on their own and
-    their KV cache is merged into the batch's at the step boundary, each side
-    left-padded (with masked, zero keys) to the longer of the two. A request that
-    arrives while others are decoding therefore starts at the next step instead
-    of waiting for the whole batch, and still gets exactly its own tokens: every
-    row has its own positions, mask, penalty state and random generator.
+    ``add`` is continuous batching: a request that arrives while others are
+    decoding starts at the next step instead of waiting for the whole batch, and
+    still gets exactly its own tokens: every row has its own positions, mask,
+    penalty state and random generator. Here (the general path) new prompts are
+    prefilled on their own at once and their KV cache is merged into the batch's,
+    each side left-padded (with masked, zero keys) to the longer of the two.
     Only caches made of plain ``DynamicLayer`` s can be merged (sliding-window
     layers, as in Gemma 3, keep a window that left padding would shift); for
-    such models ``can_join`` is False while the batch is busy.
+    such models ``can_join`` is False while the batch is busy. ``PackedDecodeBatch``
+    (the models of ``trainer.packed_attention.MODEL_TYPES``) instead runs new
+    prompts inside the next step's model call.
 
     Shapes: b = active rows, L = cached length (prompt + generated, left-padded), V = vocabulary.
     """
@@ -283,25 +301,30 @@ class DecodeBatch:
         if not self.can_join:
             raise RuntimeError("this model's cache cannot take new rows while the batch is decoding")
         g = self._g
-        rows: list[_Row] = []
-        encoded: list[list[int]] = []
+        admitted: list[tuple[list[_Row], list[int]]] = []
         for prompt, settings, tag in items:
             settings = settings.effective()
             ids = g.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-            request = _Request(tag, len(ids))
+            request = _Request(tag, len(ids), left=settings.num_return)
             for k in range(settings.num_return):
                 rng = None
                 if settings.do_sample:
                     rng = torch.Generator(device="cpu")
                     seed = settings.seed + k if settings.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
                     rng.manual_seed(seed)
-                rows.append(_Row(request, settings, rng))
-                encoded.append(ids)
-            request.left = settings.num_return
-            request.rows = rows[-settings.num_return:]
+                request.rows.append(_Row(request, settings, rng))
+            admitted.append((request.rows, ids))
+        self._admit(admitted)
+        self._requests += len(items)
+
+    def _admit(self, admitted: list[tuple[list[_Row], list[int]]]) -> None:
+        """Prefill the new requests now and merge them into the batch."""
+        import torch
+
+        rows = [row for request_rows, _ in admitted for row in request_rows]
+        encoded = [ids for request_rows, ids in admitted for _ in request_rows]
         with torch.inference_mode():
             self._prefill(rows, encoded)
-        self._requests += len(items)
 
     def _prefill(self, rows: list[_Row], encoded: list[list[int]]) -> None:
         import torch
@@ -345,46 +368,79 @@ class DecodeBatch:
         """One token for every active row; returns ``(tag, Generation)`` of requests that finished."""
         import torch
 
-        if not self._rows:
-            return []
-        g, t = self._g, self._t
         with torch.inference_mode():
-            logits, penalty = t["logits"], t["penalty"]
-            logits = torch.where(t["seen"], torch.where(logits < 0, logits * penalty, logits / penalty), logits)
-            next_ids = logits.argmax(dim=-1)
-            for i, row in enumerate(self._rows):
-                if row.settings.do_sample:
-                    next_ids[i] = g._sample(logits[i] / t["temperature"][i], row.settings, row.rng)
-            keep, done = [], []
-            for i, (row, token) in enumerate(zip(self._rows, next_ids.tolist())):
-                if token in g._stop_ids:
-                    row.ended = True
-                else:
-                    row.out.append(token)
-                    if len(row.out) < row.settings.max_new_tokens:
-                        keep.append(i)
-                        continue
-                row.request.left -= 1
-                if row.request.left == 0:
-                    done.append((row.request.tag, self._result(row.request)))
-            self._requests -= len(done)
-            if not keep:
-                self._rows, self._cache, self._t = [], None, {}
-                return done
-            if len(keep) < len(self._rows):
-                idx = torch.tensor(keep, device=g.device)
-                self._cache.batch_select_indices(idx)
-                t = self._t = {name: value[idx] for name, value in t.items()}
-                next_ids = next_ids[idx]
-                self._rows = [self._rows[i] for i in keep]
-            t["seen"][torch.arange(len(self._rows), device=g.device), next_ids] = True
-            t["attention"] = torch.cat([t["attention"], t["attention"].new_ones((len(self._rows), 1))], dim=1)
-            t["positions"] = t["positions"] + 1
-            result = g.model(input_ids=next_ids.unsqueeze(1), attention_mask=t["attention"],
-                             position_ids=t["positions"], cache=self._cache, use_cache=True, **g._keep_logits)
-            self._cache = result.cache
-            t["logits"] = result.logits[:, -1, :self._vocab].float()
+            done, next_ids = self._pick() if self._rows else ([], None)
+            self._forward(next_ids)
         return done
+
+    def _pick(self) -> tuple[list[tuple[Any, Generation]], torch.Tensor]:
+        """Choose every row's next token, finish the rows that end, drop them from the batch.
+
+        Returns the finished requests and the next tokens of the rows that go on."""
+        import torch
+
+        g, t = self._g, self._t
+        logits, penalty = t["logits"], t["penalty"]
+        logits = torch.where(t["seen"], torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+        next_ids = logits.argmax(dim=-1)
+        for i, row in enumerate(self._rows):
+            if row.settings.do_sample:
+                next_ids[i] = g._sample(logits[i] / t["temperature"][i], row.settings, row.rng)
+        keep, done = [], []
+        for i, (row, token) in enumerate(zip(self._rows, next_ids.tolist())):
+            if token in g._stop_ids:
+                row.ended = True
+            else:
+                row.out.append(token)
+                if len(row.out) < row.settings.max_new_tokens:
+                    keep.append(i)
+                    continue
+            row.request.left -= 1
+            if row.request.left == 0:
+                done.append((row.request.tag, self._result(row.request)))
+        self._requests -= len(done)
+        if len(keep) < len(self._rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=g.device)
+            self._t = {name: value[idx] for name, value in t.items()}
+            self._rows = [self._rows[i] for i in keep]
+            next_ids = next_ids[idx]
+            # Columns that no remaining row attends to (the left padding of rows that left) go too,
+            # so that under steady load the cache stays as wide as its longest row, not ever wider.
+            attention = self._t["attention"]
+            first = int(attention.any(0).to(torch.int8).argmax()) if keep else 0
+            if self._keep_cache(idx, first):
+                self._t["attention"] = attention[:, first:]
+        t = self._t
+        if self._rows:
+            t["seen"][torch.arange(len(self._rows), device=g.device), next_ids] = True
+        return done, next_ids
+
+    def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
+        """Keep the cache rows ``idx``; drop its first ``first`` (all-padding) columns if it can.
+
+        Returns whether the columns were dropped."""
+        if not len(idx):
+            self._cache = None
+            return False
+        self._cache.batch_select_indices(idx)
+        if not (first and self._joinable):  # a sliding-window layer's window would shift
+            return False
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        return True
+
+    def _forward(self, next_ids: torch.Tensor | None) -> None:
+        """Feed the rows' next tokens; keep the cache and each row's next-token logits."""
+        if not self._rows:
+            self._cache, self._t = None, {}
+            return
+        g, t = self._g, self._t
+        t["attention"] = torch_cat_ones(t["attention"])
+        t["positions"] = t["positions"] + 1
+        result = g.model(input_ids=next_ids.unsqueeze(1), attention_mask=t["attention"],
+                         position_ids=t["positions"], cache=self._cache, use_cache=True, **g._keep_logits)
+        self._cache = result.cache
+        t["logits"] = result.logits[:, -1, :self._vocab].float()
 
     def _result(self, request: _Request) -> Generation:
         tok = self._g.tokenizer
@@ -394,6 +450,109 @@ class DecodeBatch:
             completion_tokens=sum(len(r.out) for r in request.rows),
             finished=[r.ended for r in request.rows],
         )
+
+
+def torch_cat_ones(attention: torch.Tensor) -> torch.Tensor:
+    """``attention`` (b, L) with one more column of ones: each row's newly fed token."""
+    import torch
+
+    return torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+
+
+class PackedDecodeBatch(DecodeBatch):
+    """A DecodeBatch whose new prompts are run inside the next step's model call.
+
+    ``add`` only tokenizes; the next ``step`` feeds, in one packed sequence, the
+    decoding rows' tokens and every new prompt (trainer.packed_attention), so a
+    joining request costs the batch a few more rows in that step's matrix products
+    instead of a model call of its own. A prompt asked for n headlines is run once.
+    The cache is the batch's own: per layer, keys and values (b, kv_heads, L, d),
+    left-padded, with ``attention`` (b, L) marking each row's real positions.
+    """
+
+    def __init__(self, generator: Generator):
+        super().__init__(generator)
+        self._pending: list[tuple[list[_Row], list[int]]] = []
+        self._keys: list | None = None
+        self._values: list | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self._rows) + sum(len(rows) for rows, _ in self._pending)
+
+    @property
+    def can_join(self) -> bool:
+        return True
+
+    def _admit(self, admitted: list[tuple[list[_Row], list[int]]]) -> None:
+        self._pending.extend(admitted)
+
+    def step(self) -> list[tuple[Any, Generation]]:
+        if not self._rows and not self._pending:
+            return []
+        return super().step()
+
+    def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
+        self._keys = [k[idx, :, first:] for k in self._keys]
+        self._values = [v[idx, :, first:] for v in self._values]
+        return True
+
+    def _forward(self, next_ids: torch.Tensor | None) -> None:
+        import torch
+
+        from trainer.packed_attention import Packing
+
+        g, dev, vocab = self._g, self._g.device, self._vocab
+        b, pending, self._pending = len(self._rows), self._pending, []
+        if not b and not pending:
+            self._keys = self._values = None
+            self._t = {}
+            return
+        t = self._t
+        ids, positions, segments, last = [], [], [], list(range(b))
+        mask, cached = None, 0
+        if b:
+            t["attention"] = torch_cat_ones(t["attention"])
+            cached = t["attention"].shape[1]
+            mask = t["attention"][:, None, None, :]
+            ids.append(next_ids)
+            positions.append(t["positions"][:, 0] + 1)
+        offset = b
+        for rows, prompt in pending:
+            segments.append((offset, len(prompt), len(rows)))
+            ids.append(torch.tensor(prompt, dtype=torch.long, device=dev))
+            positions.append(torch.arange(len(prompt), device=dev))
+            offset += len(prompt)
+            last.append(offset - 1)
+        width = max([cached] + [length for _, length, _ in segments])
+        packing = Packing(self._keys, self._values, mask, b, segments, width)
+        result = g.model(input_ids=torch.cat(ids).unsqueeze(0), position_ids=torch.cat(positions).unsqueeze(0),
+                         # A 4-D mask is passed through as is: the real masks are in ``packing``.
+                         attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev),
+                         use_cache=False, logits_to_keep=torch.tensor(last, device=dev), packing=packing)
+        logits = result.logits[0, :, :vocab].float()  # (b + new prompts, V)
+        layers = len(packing.new_keys)
+        self._keys = [packing.new_keys[i] for i in range(layers)]
+        self._values = [packing.new_values[i] for i in range(layers)]
+
+        state = []
+        if b:
+            state.append(dict(t, attention=torch.nn.functional.pad(t["attention"], (width - cached, 0)),
+                              positions=t["positions"] + 1, logits=logits[:b]))
+        for j, ((rows, prompt), (_, length, n)) in enumerate(zip(pending, segments)):
+            prompt_ids = torch.tensor(prompt, dtype=torch.long, device=dev).clamp(max=vocab - 1)
+            seen = torch.zeros((n, vocab), dtype=torch.bool, device=dev)
+            seen[:, prompt_ids] = True
+            attention = torch.zeros((n, width), dtype=torch.bool, device=dev)
+            attention[:, width - length:] = True
+            state.append({
+                "attention": attention, "seen": seen, "logits": logits[b + j].expand(n, -1),
+                "positions": torch.full((n, 1), length - 1, dtype=torch.long, device=dev),
+                "penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
+                "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1),
+            })
+            self._rows.extend(rows)
+        self._t = {name: torch.cat([s[name] for s in state]) for name in state[0]}
 
 
 def _mergeable(cache) -> bool:

@@ -68,6 +68,17 @@ def test_new_model_version_never_serves_old_entries(make_app, tiny_generator):
     assert new_gen.prompts == 2
 
 
+def test_float16_weights_never_serve_float32_entries(make_app, tiny_generator):
+    """The same weights served in another precision can answer differently: other cache keys."""
+    exact = make_app(CountingGenerator(tiny_generator, version="cccc")).test_client()
+    assert exact.post("/v1/headlines", json=BODY).headers["X-Cache"] == "MISS"
+    assert exact.post("/v1/headlines", json=BODY).headers["X-Cache"] == "HIT"
+    half_gen = CountingGenerator(tiny_generator, version="cccc")
+    half_gen.weights = "float16"
+    r = make_app(half_gen).test_client().post("/v1/headlines", json=BODY)
+    assert r.headers["X-Cache"] == "MISS" and r.get_json()["model"]["version"] == "cccc"
+
+
 def test_single_flight(make_app, tiny_generator):
     gen = CountingGenerator(tiny_generator, delay=0.4)  # the first miss holds the lock a while
     app = make_app(gen, **{"batching.max_batch_size": 1})

@@ -19,6 +19,53 @@ def generator(tiny_model_dir):
     return Generator(model, tokenizer, load_config(), name="tiny", version="v1")
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    from tests.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama")
+
+
+# Every decoding path: packed steps on GPT-2 and on Llama (rotary positions, grouped-query
+# attention: the packaged model's family), and the general path (prefill, then merged caches).
+# The service's float16 weights (trainer.cpu_linear) go through the same checks on Llama.
+PATHS = ["gpt2-packed", "llama-packed", "gpt2-general", "llama-packed-float16"]
+
+
+@pytest.fixture(scope="module", params=PATHS)
+def any_generator(request, tiny_model_dir, tiny_llama_dir):
+    arch, path, *weights = request.param.split("-")
+    weights = weights[0] if weights else "float32"
+    model, tokenizer = load_model_and_tokenizer(str(tiny_llama_dir if arch == "llama" else tiny_model_dir))
+    gen = Generator(model, tokenizer, load_config(), name=f"tiny-{arch}", version="v1",
+                    packed=path == "packed", weights=weights)
+    assert gen._packed == (path == "packed") and gen.weights == weights
+    return gen
+
+
+def test_float16_weights_stay_close_to_float32(tiny_llama_dir):
+    """Float16 serving rounds the weights, nothing else: next-token logits stay within float16
+    rounding of the float32 model's, and training-mode (autograd) calls use the float32 weights."""
+    cfg = load_config()
+    logits = {}
+    for weights in ("float32", "float16"):
+        model, tokenizer = load_model_and_tokenizer(str(tiny_llama_dir))
+        gen = Generator(model, tokenizer, cfg, name="tiny-llama", weights=weights)
+        assert gen.weights == weights
+        batch = gen.open_batch()
+        batch.add([(p, GenerationSettings(max_new_tokens=3), i) for i, p in enumerate(PROMPTS)])
+        batch.step()
+        logits[weights] = batch._t["logits"]
+        if weights == "float16":
+            ids = torch.tensor([tokenizer("Theme: oil")["input_ids"]])
+            with torch.enable_grad():
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+    diff = (logits["float16"] - logits["float32"]).abs().max()
+    assert 0 < diff < 1e-2 * logits["float32"].abs().max()
+
+
 PROMPTS = [
     "Theme: oil price\nHeadline:",
     "Category: sport\nTheme: cup final penalty\nHeadline:",
@@ -26,7 +73,8 @@ PROMPTS = [
 ]
 
 
-def test_batched_equals_one_at_a_time_with_mixed_settings(generator):
+def test_batched_equals_one_at_a_time_with_mixed_settings(any_generator):
+    generator = any_generator
     settings = [
         GenerationSettings(max_new_tokens=10),
         GenerationSettings(do_sample=True, seed=3, temperature=0.9, top_k=20, max_new_tokens=6),
@@ -41,14 +89,15 @@ def test_batched_equals_one_at_a_time_with_mixed_settings(generator):
 
 def _trace(batch, log):
     """Record the next-token logits of every active row, keyed by (tag, row, tokens so far)."""
-    for row, logits in zip(batch._rows, batch._t["logits"]):
+    for row, logits in zip(batch._rows, batch._t.get("logits", ())):
         log[(row.request.tag, row.request.rows.index(row), len(row.out))] = logits.clone()
 
 
-def test_requests_joining_a_running_batch_get_their_own_output(generator):
+def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
     """Continuous batching: rows join between steps, with prompts shorter and longer than the
     batch's cached length, and leave when done; each request gets the tokens, and at every step
     the logits, of its one-at-a-time run."""
+    generator = any_generator
     long_prompt = "Category: business\nArticle: The company said profits doubled and shares rose.\nHeadline:"
     items = [
         (PROMPTS[0], GenerationSettings(max_new_tokens=12), "a"),
@@ -86,6 +135,44 @@ def test_requests_joining_a_running_batch_get_their_own_output(generator):
         assert done[tag].prompt_tokens == result.prompt_tokens, tag
         for key, logits in alone_log.items():
             assert torch.allclose(joined[key], logits, atol=1e-4), key
+
+
+def _width(batch) -> int:
+    """Cached positions per row (left padding included)."""
+    return batch._t["attention"].shape[1] if batch._t else 0
+
+
+def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
+    """A batch that never empties (a request joins at every step) must not grow its cache
+    forever: padding that no remaining row needs is dropped when rows leave."""
+    generator = any_generator
+    batch, widths, done = generator.open_batch(), [], {}
+    prompts = [PROMPTS[1], PROMPTS[0], "Theme: tax\nHeadline:"]
+    for i in range(40):
+        batch.add([(prompts[i % 3], GenerationSettings(max_new_tokens=4 + i % 3), i)])
+        done.update(batch.step())
+        widths.append(_width(batch))
+    while len(batch):
+        done.update(batch.step())
+    longest = max(generator.count_tokens(p) for p in prompts) + 6 + 1
+    assert max(widths) <= longest, widths
+    assert sorted(done) == list(range(40))
+    alone = generator.generate([prompts[39 % 3]], GenerationSettings(max_new_tokens=4 + 39 % 3))[0]
+    assert done[39].texts == alone.texts
+
+
+def test_packed_prompt_with_several_headlines_runs_once(tiny_model_dir):
+    """A request for n headlines puts its prompt in the packed step once, not n times."""
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    gen = Generator(model, tokenizer, load_config(), name="tiny", version="v1")
+    fed = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
+    try:
+        out = gen.generate([PROMPTS[0]], GenerationSettings(num_return=3, max_new_tokens=1))[0]
+    finally:
+        hook.remove()
+    assert len(out.texts) == 3
+    assert fed[0] == gen.count_tokens(PROMPTS[0])
 
 
 def test_seeds_repeat_and_differ(generator):

@@ -1,0 +1,113 @@
+"""Packed decoding steps: new prompts ride along in the running batch's model call.
+
+Continuous batching needs every new request's prompt run through the model
+(prefill) before it can decode. Run on its own, a 10-token prompt costs about
+two decoding steps on a CPU, and while it runs the batch waits. Packed, the
+step's input is one sequence: each decoding row's next token, then every new
+prompt's tokens, ``[r1 r2 r3 | p1 p1 p1 p1 | p2 p2 p2]``. The linear layers,
+where a step's time goes, read their weights once for all of it; only
+attention is done per part:
+
+- decoding rows: one batched product of their token against their own cached
+  keys (left-padded, masked), as in a plain decoding step;
+- each new prompt: causal attention over its own tokens, as in its own prefill.
+
+This module holds the attention function (registered with transformers as
+``headline_packed``) and the per-call state it reads. The model keeps its own
+layers and weights; only the attention between them changes, and a call
+without packing state is plain ``sdpa``, masks included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+NAME = "headline_packed"
+# Model types whose attention modules call the registered attention function with their
+# ``layer_idx`` and whose positions come from ``position_ids`` alone (no sliding windows,
+# no cross-attention): tested on both in tests/trainer/test_generation.py.
+MODEL_TYPES = frozenset({"llama", "gpt2"})
+
+
+@dataclass
+class Packing:
+    """One packed call. ``keys``/``values``: per layer, the decoding rows' cache (b, kv_heads, L, d).
+
+    ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included.
+    ``segments``: (offset in the packed sequence, length, rows) of each new prompt; a prompt
+    asked for n headlines is run once and its keys are copied to its n rows.
+    After the call ``new_keys``/``new_values`` hold every row's cache, decoding rows first,
+    left-padded to ``width``.
+    """
+
+    keys: list | None
+    values: list | None
+    mask: torch.Tensor | None
+    rows: int
+    segments: list[tuple[int, int, int]]
+    width: int
+    new_keys: dict = field(default_factory=dict)
+    new_values: dict = field(default_factory=dict)
+
+    def attend(self, layer: int, query, key, value, scale: float | None):
+        """query (1, H, S, d), key/value (1, kv_heads, S, d) of the packed sequence -> (1, S, H, d)."""
+        import torch
+        from torch.nn.functional import pad
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        b, width = self.rows, self.width
+        heads, kv_heads, d = query.shape[1], key.shape[1], query.shape[-1]
+        group = heads // kv_heads
+        outs, keys, values = [], [], []
+        if b:
+            # Each row's new key joins its cache; the row's query heads that share a key head
+            # are laid out as that head's queries (as transformers' pack_gqa does for decoding).
+            k = torch.cat([self.keys[layer], key[0, :, :b].transpose(0, 1).unsqueeze(2)], dim=2)
+            v = torch.cat([self.values[layer], value[0, :, :b].transpose(0, 1).unsqueeze(2)], dim=2)
+            q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
+            out = sdpa(q, k, v, attn_mask=self.mask, scale=scale)  # (b, kv_heads, group, d)
+            outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
+            grow = width - k.shape[2]
+            keys.append(pad(k, (0, 0, grow, 0)))
+            values.append(pad(v, (0, 0, grow, 0)))
+        for offset, length, rows in self.segments:
+            k = key[:, :, offset:offset + length]
+            v = value[:, :, offset:offset + length]
+            kq, vq = (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if group > 1 else (k, v)
+            out = sdpa(query[:, :, offset:offset + length], kq, vq, is_causal=True, scale=scale)
+            outs.append(out[0])  # (H, length, d)
+            keys.append(pad(k, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
+            values.append(pad(v, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
+        self.new_keys[layer] = torch.cat(keys)
+        self.new_values[layer] = torch.cat(values)
+        return torch.cat(outs, dim=1).transpose(0, 1).unsqueeze(0), None
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                     scaling: float | None = None, packing: Packing | None = None, **kwargs):
+    """The registered attention function: packed when the call carries ``packing``, else sdpa."""
+    if packing is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    return packing.attend(module.layer_idx, query, key, value, scaling)
+
+
+def enable(model) -> bool:
+    """Switch ``model`` (an sdpa model of a supported type) to the packed-capable attention."""
+    config = model.config
+    if (config.model_type not in MODEL_TYPES or config._attn_implementation != "sdpa"
+            or getattr(config, "sliding_window", None) or getattr(config, "is_encoder_decoder", False)):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(NAME, packed_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME
