@@ -169,12 +169,12 @@ class MicroBatcher:
                 started = time.perf_counter()
                 for job in jobs:
                     self._on_queue_wait(started - job.enqueued)
-                try:  # add() changes the batch only once the new prompts' prefill succeeded
+                try:  # add() changes the batch only once the new prompts are taken (tokenized, or prefilled)
                     if batch is None:
                         batch = self._open_batch()
                     batch.add([(j.prompt, j.settings, j) for j in jobs])
                 except BaseException as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
-                    log.exception("prefill failed for %d new requests", len(jobs))
+                    log.exception("could not add %d new requests to the batch", len(jobs))
                     for job in jobs:
                         job.future.set_exception(exc)
                 else:

@@ -46,6 +46,7 @@ equal ``F.linear``'s up to float rounding.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import types
 
@@ -173,10 +174,16 @@ def install_float16(model) -> bool:
               if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
     if not layers:
         return False
+    def pack(m):
+        return torch.ops.quantized.linear_prepack_fp16(m.weight.detach(), None if m.bias is None else m.bias.detach())
+
+    # fbgemm converts element by element (about 2 s for a 135M model on one core, most of a worker's
+    # cold start after the imports); the op releases the GIL, so the layers are packed on every core.
+    from concurrent.futures import ThreadPoolExecutor
+
     try:
-        packed = [torch.ops.quantized.linear_prepack_fp16(m.weight.detach(),
-                                                           None if m.bias is None else m.bias.detach())
-                  for m in layers]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="fp16-pack") as pool:
+            packed = list(pool.map(pack, layers))
     except RuntimeError as exc:  # no fbgemm on this CPU
         log.warning("float16 weights unavailable here (%s); serving float32", exc)
         return False

@@ -72,8 +72,8 @@ class Packing:
             out = sdpa(q, k, v, attn_mask=self.mask, scale=scale)  # (b, kv_heads, group, d)
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
             grow = width - k.shape[2]
-            keys.append(pad(k, (0, 0, grow, 0)))
-            values.append(pad(v, (0, 0, grow, 0)))
+            keys.append(pad(k, (0, 0, grow, 0)) if grow else k)
+            values.append(pad(v, (0, 0, grow, 0)) if grow else v)
         for offset, length, rows in self.segments:
             k = key[:, :, offset:offset + length]
             v = value[:, :, offset:offset + length]
@@ -82,9 +82,11 @@ class Packing:
             outs.append(out[0])  # (H, length, d)
             keys.append(pad(k, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
             values.append(pad(v, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
-        self.new_keys[layer] = torch.cat(keys)
-        self.new_values[layer] = torch.cat(values)
-        return torch.cat(outs, dim=1).transpose(0, 1).unsqueeze(0), None
+        # (The usual step has decoding rows only: nothing to concatenate.)
+        self.new_keys[layer] = torch.cat(keys) if len(keys) > 1 else keys[0]
+        self.new_values[layer] = torch.cat(values) if len(values) > 1 else values[0]
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return out.transpose(0, 1).unsqueeze(0), None
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -157,7 +157,7 @@ def test_continuous_batching_errors_fail_only_their_requests():
     b = MicroBatcher(None, open_batch=lambda: FakeBatch(log), window_ms=0, max_batch_size=8)
     running = b.submit_async("running", 20)
     time.sleep(0.03)
-    with pytest.raises(ValueError):  # a failed prefill fails the new request only
+    with pytest.raises(ValueError):  # a failed add fails the new request only
         b.submit("boom-add", 1, timeout=5)
     assert running.result(5) == "running/done"
     victims = [b.submit_async("victim", 50)]
