@@ -28,6 +28,9 @@ async def type_into(pilot: Pilot, key: str, text: str) -> None:
     """Focus the field, clear it and type text key by key, as a user would."""
     widget = editor(pilot, key)
     assert isinstance(widget, Input)
+    # A blinking cursor makes a snapshot depend on when it is taken (seen on a loaded machine):
+    # keep it shown, as it is at the moment typing stops.
+    widget.cursor_blink = False
     widget.focus()
     await pilot.pause()
     widget.value = ""
