@@ -161,33 +161,85 @@ def _forward_float16(self, x):
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def install_float16(model) -> bool:
+def _pack_float16(weight, bias=None):
+    import torch
+
+    return torch.ops.quantized.linear_prepack_fp16(weight, bias)
+
+
+def prepack_float16(folder) -> dict | None:
+    """Start packing the 2-D weights of a model folder's safetensors files before the model exists.
+
+    fbgemm converts element by element (about 2 s for a 135M model on one core). The op
+    releases the GIL, so packing from the files on every core while the loading thread imports
+    transformers (seconds, one core) takes it off a worker's cold start. Returns
+    ``{tensor name: Future of (packed, weight)}`` for ``install_float16``, or None.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    # One core stays with the loading thread, whose imports are what this overlaps.
+    pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fp16-pack")
+
+    def pack(tensor):
+        weight = tensor.float().contiguous()
+        return _pack_float16(weight), weight
+
+    futures = {}
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    if name.endswith(".weight") and len(handle.get_slice(name).get_shape()) == 2:
+                        futures[name] = pool.submit(pack, handle.get_tensor(name))
+    finally:
+        pool.shutdown(wait=False)
+    return futures
+
+
+def install_float16(model, prepacked: dict | None = None) -> bool:
     """Serve the model's CPU ``nn.Linear`` layers from float16 copies of their weights.
 
     The float32 parameters stay (training, perplexity with autograd and the tied embedding
-    use them); the copies add half the linear layers' size in memory. Returns False, changing
-    nothing, where fbgemm cannot run (a CPU without AVX2).
+    use them); the copies add half the linear layers' size in memory. ``prepacked`` (from
+    ``prepack_float16`` on the folder the model was loaded from) is used for every layer whose
+    weight it holds unchanged; the rest are packed here, on every core (the op releases the
+    GIL). Returns False, changing nothing, where fbgemm cannot run (a CPU without AVX2).
     """
     import torch
 
-    layers = [m for m in model.modules()
-              if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    layers = {name: m for name, m in model.named_modules()
+              if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32}
     if not layers:
         return False
-    def pack(m):
-        return torch.ops.quantized.linear_prepack_fp16(m.weight.detach(), None if m.bias is None else m.bias.detach())
+    embedding = model.get_input_embeddings()
+    embedding_name = next((n for n, m in model.named_modules() if m is embedding), None)
 
-    # fbgemm converts element by element (about 2 s for a 135M model on one core, most of a worker's
-    # cold start after the imports); the op releases the GIL, so the layers are packed on every core.
+    def pack(item):
+        name, m = item
+        # A tied LM head shares the input embedding's weight: the files hold it under that name.
+        tied = embedding is not None and m.weight is embedding.weight
+        future = (prepacked or {}).get(f"{embedding_name}.weight" if tied else f"{name}.weight")
+        if future is not None and m.bias is None:
+            packed, weight = future.result()
+            if weight.shape == m.weight.shape and torch.equal(weight, m.weight):
+                return packed
+        return _pack_float16(m.weight.detach(), None if m.bias is None else m.bias.detach())
+
     from concurrent.futures import ThreadPoolExecutor
 
     try:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="fp16-pack") as pool:
-            packed = list(pool.map(pack, layers))
+            packed = list(pool.map(pack, layers.items()))
     except RuntimeError as exc:  # no fbgemm on this CPU
         log.warning("float16 weights unavailable here (%s); serving float32", exc)
         return False
-    for module, weights in zip(layers, packed):
+    for module, weights in zip(layers.values(), packed):
         module._float16 = weights
         module.forward = types.MethodType(_forward_float16, module)
     return True

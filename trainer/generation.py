@@ -96,7 +96,7 @@ class Generator:
 
     def __init__(self, model, tokenizer, cfg: Config, *, name: str, run: str | None = None,
                  version: str = "unknown", eval_scores: dict | None = None, packed: bool = True,
-                 weights: str = "float32"):
+                 weights: str = "float32", prepacked: dict | None = None):
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -110,7 +110,7 @@ class Generator:
         if self.device.type == "cpu":
             from trainer import cpu_linear
 
-            if weights == "float16" and cpu_linear.install_float16(model):
+            if weights == "float16" and cpu_linear.install_float16(model, prepacked):
                 self.weights = "float16"
             else:
                 cpu_linear.install(model)
@@ -149,15 +149,21 @@ class Generator:
         if path.exists() and _is_run_dir(path.resolve()):
             run_dir = path.resolve()
             meta = json.loads((run_dir / "run.json").read_text())
+            device = inference_device()
+            prepacked = None
+            if weights == "float16" and device == "cpu":
+                from trainer import cpu_linear
+
+                prepacked = cpu_linear.prepack_float16(run_dir / "model")  # overlaps the imports below
             model, tokenizer = load_model_and_tokenizer(str(run_dir / "model"), cfg.model)
-            model = model.to(inference_device())
+            model = model.to(device)
             scores = {}
             if (run_dir / "eval.json").is_file():
                 scores = json.loads((run_dir / "eval.json").read_text())
             version = meta.get("version") or weights_version(run_dir / "model")
             return cls(model, tokenizer, cfg, name=meta.get("base_model", "unknown"),
                        run=meta.get("run_id", run_dir.name), version=version, eval_scores=scores,
-                       weights=weights)
+                       weights=weights, prepacked=prepacked)
         if path.exists() and path.is_dir() and (path / "run.json").exists():
             raise TrainerError(f"{ref}: run has no final model yet (unfinished or cancelled run)")
         if ref.rstrip("/").endswith("latest") and not path.exists():

@@ -254,3 +254,38 @@ def test_load_run_folder_and_missing_latest(tmp_path, tiny_model_dir):
         Generator.load(str(tmp_path / "other" / "latest"), cfg)
     gen = Generator.load(str(tiny_model_dir), cfg)
     assert gen.info["run"] is None and len(gen.info["version"]) == 12
+
+
+def test_float16_packed_from_the_files_while_the_model_loads(tmp_path, tiny_llama_dir, monkeypatch):
+    """Generator.load packs float16 weights from the run's files while transformers loads; a layer
+    whose weight differs from its file is packed again from the model, never served stale."""
+    import shutil
+
+    from trainer import cpu_linear
+
+    prepacked = cpu_linear.prepack_float16(tiny_llama_dir)
+    for future in prepacked.values():
+        future.result()
+    model, _ = load_model_and_tokenizer(str(tiny_llama_dir))
+    layer = model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    packed_again = []
+    real = cpu_linear._pack_float16
+    monkeypatch.setattr(cpu_linear, "_pack_float16", lambda *a: packed_again.append(a) or real(*a))
+    assert cpu_linear.install_float16(model, prepacked)
+    assert len(packed_again) == 1  # every other layer (the tied LM head included) came from the files
+    x = torch.randn(3, layer.in_features)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), rtol=1e-2, atol=1e-3)
+    monkeypatch.undo()
+
+    run = tmp_path / "runs" / "20260101-000000-fp16"
+    shutil.copytree(tiny_llama_dir, run / "model")
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "version": "fp16fp16fp16",
+                                              "base_model": "tiny-llama", "status": "finished"}))
+    gen = Generator.load(str(run), load_config(), weights="float16")
+    exact = Generator.load(str(run), load_config())
+    assert (gen.weights, exact.weights) == ("float16", "float32")
+    s = GenerationSettings(max_new_tokens=6)
+    assert gen.generate(PROMPTS, s)[0].prompt_tokens == exact.generate(PROMPTS, s)[0].prompt_tokens
