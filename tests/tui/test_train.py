@@ -68,8 +68,8 @@ async def test_cancel_sends_sigint_then_resume(in_tmp, fake_cmd, monkeypatch):
         # The process has gone (running is False) a moment before its exit message is handled.
         await wait_for(pilot, lambda: resume.display)
         await pilot.click("#resume")
-        await pilot.pause()
-        assert screen.trainer_run.argv[-2:] == ["--resume", "runs/20250101-000000-headline"]
+        # The new run starts asynchronously (on a loaded machine, after more than one pause).
+        await wait_for(pilot, lambda: screen.trainer_run.argv[-2:] == ["--resume", "runs/20250101-000000-headline"])
         await wait_for(pilot, lambda: "resume=True" in log_text(screen))
         await pilot.press("c")
         await wait_for(pilot, lambda: not screen.running)
