@@ -80,13 +80,17 @@ def _forward(self, x):
     return F.linear(x, self.weight, self.bias)
 
 
-def _eligible(model) -> list:
+def _cpu_float32_linears(model) -> dict:
+    """``{name: module}`` of the model's plain ``nn.Linear`` layers with float32 weights on the CPU."""
     import torch
 
-    return [m for m in model.modules()
-            if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"
-            and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
-            and m.out_features % BLOCK == 0]
+    return {name: m for name, m in model.named_modules()
+            if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32}
+
+
+def _eligible(model) -> list:
+    return [m for m in _cpu_float32_linears(model).values()
+            if m.weight.is_contiguous() and m.out_features % BLOCK == 0]
 
 
 def _time(fn, weights, x) -> float:
@@ -213,8 +217,7 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
     """
     import torch
 
-    layers = {name: m for name, m in model.named_modules()
-              if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32}
+    layers = _cpu_float32_linears(model)
     if not layers:
         return False
     embedding = model.get_input_embeddings()

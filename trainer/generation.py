@@ -351,9 +351,7 @@ class DecodeBatch:
         seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
         state = {
             "attention": attention, "positions": positions[:, -1:], "seen": seen,
-            "penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
-            "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1),
-            "logits": result.logits[:, -1, :vocab].float(),
+            "logits": result.logits[:, -1, :vocab].float(), **_settings_state(rows, dev),
         }
         if not self._rows:
             self._cache = result.cache
@@ -458,6 +456,14 @@ class DecodeBatch:
         )
 
 
+def _settings_state(rows: list[_Row], dev) -> dict[str, torch.Tensor]:
+    """The rows' "penalty" and "temperature" columns (b, 1) of a batch's state."""
+    import torch
+
+    return {"penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
+            "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1)}
+
+
 def torch_cat_ones(attention: torch.Tensor) -> torch.Tensor:
     """``attention`` (b, L) with one more column of ones: each row's newly fed token."""
     import torch
@@ -493,11 +499,6 @@ class PackedDecodeBatch(DecodeBatch):
     def _admit(self, admitted: list[tuple[list[_Row], list[int]]]) -> None:
         self._pending.extend(admitted)
 
-    def step(self) -> list[tuple[Any, Generation]]:
-        if not self._rows and not self._pending:
-            return []
-        return super().step()
-
     def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
         self._keys = [k[idx, :, first:] for k in self._keys]
         self._values = [v[idx, :, first:] for v in self._values]
@@ -524,9 +525,10 @@ class PackedDecodeBatch(DecodeBatch):
             ids.append(next_ids)
             positions.append(t["positions"][:, 0] + 1)
         offset = b
-        for rows, prompt in pending:
+        prompts = [torch.tensor(prompt, dtype=torch.long, device=dev) for _, prompt in pending]
+        for (rows, prompt), prompt_ids in zip(pending, prompts):
             segments.append((offset, len(prompt), len(rows)))
-            ids.append(torch.tensor(prompt, dtype=torch.long, device=dev))
+            ids.append(prompt_ids)
             positions.append(torch.arange(len(prompt), device=dev))
             offset += len(prompt)
             last.append(offset - 1)
@@ -545,17 +547,15 @@ class PackedDecodeBatch(DecodeBatch):
         if b:
             state.append(dict(t, attention=torch.nn.functional.pad(t["attention"], (width - cached, 0)),
                               positions=t["positions"] + 1, logits=logits[:b]))
-        for j, ((rows, prompt), (_, length, n)) in enumerate(zip(pending, segments)):
-            prompt_ids = torch.tensor(prompt, dtype=torch.long, device=dev).clamp(max=vocab - 1)
+        for j, ((rows, _), prompt_ids, (_, length, n)) in enumerate(zip(pending, prompts, segments)):
             seen = torch.zeros((n, vocab), dtype=torch.bool, device=dev)
-            seen[:, prompt_ids] = True
+            seen[:, prompt_ids.clamp(max=vocab - 1)] = True
             attention = torch.zeros((n, width), dtype=torch.bool, device=dev)
             attention[:, width - length:] = True
             state.append({
                 "attention": attention, "seen": seen, "logits": logits[b + j].expand(n, -1),
                 "positions": torch.full((n, 1), length - 1, dtype=torch.long, device=dev),
-                "penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
-                "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1),
+                **_settings_state(rows, dev),
             })
             self._rows.extend(rows)
         self._t = {name: torch.cat([s[name] for s in state]) for name in state[0]}
