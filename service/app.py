@@ -178,7 +178,7 @@ def _register_hooks(app: Flask, api: Api, engine: Engine) -> None:
 
     @app.teardown_request
     def _teardown(exc) -> None:
-        if g.pop("inflight", False):
+        if g._get_current_object().pop("inflight", False):
             metrics.INFLIGHT.dec()
 
     def handle_http(error: HTTPException):

@@ -248,12 +248,15 @@ class Security:
         return rule.startswith(API_PREFIXES)
 
     # -- the hooks ------------------------------------------------------------
+    # The hooks run on every request, cache hits included: each resolves the context-local
+    # proxies (request, g) at most once, as service.app's hooks do.
     def before(self) -> Response | None:
-        rule = request.url_rule
+        req = request._get_current_object()
+        rule = req.url_rule
         if rule is None:  # 404/405: nothing to protect; the app answers in its error shape
             return None
 
-        scope = self.route_scope(rule.rule, request.endpoint, current_app)
+        scope = self.route_scope(rule.rule, req.endpoint, current_app)
         record = None
         if self.auth_enabled and scope is not None:
             record, refusal = self._authenticate(scope)
@@ -277,7 +280,7 @@ class Security:
             return error_response(
                 503, f"server busy: {self.max_concurrency} requests in progress in this worker; retry shortly",
                 {"Retry-After": SHED_RETRY_AFTER_S})
-        g._security_slot = True
+        g._get_current_object()._security_slot = True
         return None
 
     def _authenticate(self, scope: str) -> tuple[KeyRecord | None, Response | None]:
@@ -307,15 +310,18 @@ class Security:
         return record, None
 
     def after(self, response: Response) -> Response:
-        key_id = g.get("api_key_id")
-        if self.limiter is not None and key_id and response.status_code < 400:
-            tokens = g.get("generated_tokens") or 0
-            if tokens and g.get("x_cache") != "HIT":  # a cache hit generated nothing
+        if self.limiter is None or response.status_code >= 400:
+            return response
+        ctx_g = g._get_current_object()
+        key_id = ctx_g.get("api_key_id")
+        if key_id:
+            tokens = ctx_g.get("generated_tokens") or 0
+            if tokens and ctx_g.get("x_cache") != "HIT":  # a cache hit generated nothing
                 self.limiter.charge(key_id, int(tokens))
         return response
 
     def teardown(self, exc: BaseException | None = None) -> None:
-        if g.pop("_security_slot", False):
+        if g._get_current_object().pop("_security_slot", False):
             self.slots.release()
 
 

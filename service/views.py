@@ -154,8 +154,9 @@ def register_views(api: Api, engine: Engine) -> None:
             """
             answer = _engine().headlines(theme=body["prompt"], field_name="prompt", no_cache=_no_cache(),
                                          tokens_field="max_len", max_new_tokens=body["max_len"], num_return=1)
-            g.generated_tokens = answer.usage["completion_tokens"]
-            g.x_cache = answer.outcome
+            ctx_g = g._get_current_object()
+            ctx_g.generated_tokens = answer.usage["completion_tokens"]
+            ctx_g.x_cache = answer.outcome
             return _json_response({"response": answer.headlines[0] if answer.headlines else ""})
 
     @generate.route("/v1/headlines")
@@ -188,8 +189,9 @@ def register_views(api: Api, engine: Engine) -> None:
                 temperature=body["temperature"], top_p=body["top_p"], top_k=body["top_k"],
                 repetition_penalty=body["repetition_penalty"], seed=body["seed"],
             )
-            g.generated_tokens = answer.usage["completion_tokens"]
-            g.x_cache = answer.outcome
+            ctx_g = g._get_current_object()
+            ctx_g.generated_tokens = answer.usage["completion_tokens"]
+            ctx_g.x_cache = answer.outcome
             return {"headlines": answer.headlines, "model": engine.host.generator.info,
                     "cached": answer.cached, "usage": answer.usage}
 
