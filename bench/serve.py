@@ -407,7 +407,7 @@ def print_table(results: dict, args) -> None:
         a, b = h["api"], h["bare"]
         print(f"| Cache hit, POST /prompt, 16 connections | {a['rps']:.0f} req/s | {a['p50']:.1f} / {a['p99']:.1f} ms "
               f"| bare Flask + 1 Redis GET: {b['rps']:.0f} req/s, {b['p50']:.1f} / {b['p99']:.1f} ms "
-              f"| {h['ratio']:.0%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
+              f"| {h['ratio']:.1%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
               f"| >= 80% | {a['errors'] + b['errors']} |")
     for conc, m in results.get("miss", {}).items():
         if conc == "mean_batch_size":
@@ -415,7 +415,7 @@ def print_table(results: dict, args) -> None:
         on, off = m["on"], m["off"]
         print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
               f"| {on['p50']:.0f} / {on['p99']:.0f} ms | no batching: {off['rps']:.2f} headlines/s, "
-              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.1f}x"
+              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x"
               + (f" (mean batch {results['miss']['mean_batch_size']:.1f})" if conc == 8 else "")
               + f" | {'>= 3x' if conc == 8 else '-'} "
               f"| {on['errors'] + off['errors']} |")

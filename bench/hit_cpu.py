@@ -1,0 +1,156 @@
+"""CPU instructions per cache hit: the API app against the bare app, counted, not timed.
+
+    .venv/bin/python bench/hit_cpu.py [--requests 500]
+
+`bench/serve.py` measures the cache-hit path through Nginx and Gunicorn in requests/s, which
+on a shared 2-core machine moves by +-10% from one round to the next. This counts what the
+application itself executes per request instead: each WSGI app (ours, `service.create_app`,
+and the floor, `bench.serve:bare_app`) answers the same `POST /prompt` in a loop in its own
+process under valgrind's callgrind, once with 50 requests and once with 50 + ``--requests``;
+the difference of the two totals, divided by ``--requests``, is the instructions per request,
+with start-up and imports cancelled out. The count is the same from run to run whatever else
+the machine is doing, so a change to the hit path can be judged to the percent.
+
+Our app runs with the repo's config.yml (its request hooks, API-key checks switched as
+configured, metrics, cache) against a private redis-server; its generator is a fixed stand-in,
+as the cache-hit path never reaches the model (one request made beforehand, a MISS, fills the
+cache through the batcher, so every counted request is a HIT; the last is checked). Needs valgrind (Debian
+package `valgrind`). Takes about two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = json.dumps({"prompt": "oil price", "max_len": 16}).encode()
+WARM = 50  # requests of both runs: the first ones pay for lazy imports and first-call caches
+
+
+class FixedGenerator:
+    """Stands in for the model: one fixed headline for every prompt."""
+
+    info = {"name": "fixed", "run": None, "version": "bench-hit-cpu"}
+    weights = "float32"
+
+    def prompt(self, *, theme=None, article=None, category=None) -> str:
+        return f"Theme: {theme or article}\nHeadline:"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts, settings):
+        from trainer.generation import Generation
+
+        return [Generation(texts=["Oil prices climb as supply fears grow"], prompt_tokens=self.count_tokens(p),
+                           completion_tokens=8, finished=[True]) for p in prompts]
+
+
+def environ() -> dict:
+    """What Gunicorn hands the app for a request that came through our Nginx."""
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/prompt", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8001", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(BODY)), "wsgi.input": io.BytesIO(BODY),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
+            "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8080",
+            "HTTP_X_REQUEST_ID": "0f6c2a9e41d34b8c", "HTTP_X_FORWARDED_FOR": "127.0.0.1",
+            "HTTP_X_FORWARDED_PROTO": "http", "HTTP_CONNECTION": "keep-alive"}
+
+
+def child(app_name: str, requests: int, redis_url: str) -> None:
+    """Build one app and answer ``requests`` requests (run under callgrind by the parent)."""
+    sys.path.insert(0, str(REPO))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hit-cpu-prom-")
+    if app_name == "bare":
+        os.environ["BENCH_REDIS_URL"] = redis_url
+        from bench.serve import bare_app
+
+        app = bare_app()
+    else:
+        from config import load_config
+        from service import create_app
+
+        cfg = load_config(None, ["service.warmup=false", f"service.cache.redis_url={redis_url}"])
+        app = create_app(cfg, generator=FixedGenerator())
+    status, headers = [], []
+
+    def start_response(s, h, exc_info=None):
+        status[:], headers[:] = [s], h
+
+    body = b""
+    for _ in range(requests):
+        result = app(environ(), start_response)
+        body = b"".join(result)
+        getattr(result, "close", lambda: None)()
+    x_cache = dict(headers).get("X-Cache")
+    if not status[0].startswith("200") or (app_name == "api" and x_cache != "HIT"):
+        sys.exit(f"{app_name}: last answer {status[0]} X-Cache {x_cache}: {body[:200]!r}")
+
+
+def count(app_name: str, requests: int, redis_url: str, workdir: Path) -> int:
+    """Instructions executed by one child process (callgrind's total)."""
+    out = workdir / f"{app_name}-{requests}.log"
+    with open(out, "w") as log:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+             "--child", app_name, "--requests", str(requests), "--redis-url", redis_url],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=os.environ | {"PYTHONHASHSEED": "0"})  # same dict layouts in every run: same counts
+    text = out.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{app_name} ({requests} requests) failed:\n{text[-2000:]}")
+    match = re.search(r"Collected : (\d+)", text)
+    if not match:
+        raise RuntimeError(f"no instruction count in callgrind's output:\n{text[-2000:]}")
+    return int(match.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=500, help="requests counted per app (after the first 50)")
+    ap.add_argument("--child", choices=["bare", "api"], help=argparse.SUPPRESS)
+    ap.add_argument("--redis-url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.requests, args.redis_url)
+        return 0
+    if not shutil.which("valgrind"):
+        print("valgrind not found: install it (apt-get install valgrind)", file=sys.stderr)
+        return 2
+
+    sys.path.insert(0, str(REPO))
+    from bench.stack import Redis
+
+    work = Path(tempfile.mkdtemp(prefix="headline-hit-cpu-"))
+    redis_server = Redis(work / "redis").start()
+    try:
+        # Our app's first request is a MISS that fills the cache: made here, outside the counts,
+        # so that every counted request of every run is a HIT.
+        subprocess.run([sys.executable, __file__, "--child", "api", "--requests", "2", "--redis-url", redis_server.url],
+                       check=True, cwd=REPO, capture_output=True)
+        runs = [(name, n) for name in ("bare", "api") for n in (WARM, WARM + args.requests)]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1))) as pool:
+            totals = dict(zip(runs, pool.map(lambda r: count(r[0], r[1], redis_server.url, work), runs)))
+    finally:
+        redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    per = {name: (totals[name, WARM + args.requests] - totals[name, WARM]) / args.requests for name in ("bare", "api")}
+    print(f"Instructions per cache-hit request, in-process WSGI app ({args.requests} requests, callgrind):")
+    print(f"  bare Flask + one Redis GET: {per['bare'] / 1000:.0f}K")
+    print(f"  our app (POST /prompt, HIT): {per['api'] / 1000:.0f}K  ({per['api'] / per['bare']:.2f}x the bare app, "
+          f"{(per['api'] - per['bare']) / 1000:+.0f}K)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
