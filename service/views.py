@@ -16,7 +16,7 @@ from flask_smorest import Blueprint as SmorestBlueprint
 from webargs.flaskparser import FlaskParser, abort
 
 from service import metrics
-from service.engine import Engine
+from service.engine import Answer, Engine
 from service.schemas import (
     ErrorSchema,
     HeadlinesResponseSchema,
@@ -122,6 +122,13 @@ def _json_response(payload: dict) -> Response:
     return Response(body, mimetype="application/json")
 
 
+def _note(answer: Answer) -> None:
+    """Keep what the after-request hooks read: X-Cache, and the tokens a rate limit charges."""
+    ctx_g = g._get_current_object()
+    ctx_g.generated_tokens = answer.usage["completion_tokens"]
+    ctx_g.x_cache = answer.outcome
+
+
 def _engine() -> Engine:
     return current_app.extensions["headline"]
 
@@ -154,9 +161,7 @@ def register_views(api: Api, engine: Engine) -> None:
             """
             answer = _engine().headlines(theme=body["prompt"], field_name="prompt", no_cache=_no_cache(),
                                          tokens_field="max_len", max_new_tokens=body["max_len"], num_return=1)
-            ctx_g = g._get_current_object()
-            ctx_g.generated_tokens = answer.usage["completion_tokens"]
-            ctx_g.x_cache = answer.outcome
+            _note(answer)
             return _json_response({"response": answer.headlines[0] if answer.headlines else ""})
 
     @generate.route("/v1/headlines")
@@ -189,9 +194,7 @@ def register_views(api: Api, engine: Engine) -> None:
                 temperature=body["temperature"], top_p=body["top_p"], top_k=body["top_k"],
                 repetition_penalty=body["repetition_penalty"], seed=body["seed"],
             )
-            ctx_g = g._get_current_object()
-            ctx_g.generated_tokens = answer.usage["completion_tokens"]
-            ctx_g.x_cache = answer.outcome
+            _note(answer)
             return {"headlines": answer.headlines, "model": engine.host.generator.info,
                     "cached": answer.cached, "usage": answer.usage}
 

@@ -29,12 +29,13 @@ from DRAM, microseconds per matrix):
     F.linear    400   700   870   1040   1180   770
     blocked     420   460   540    620    700   1750
 
-(measured on an Intel Xeon with AVX-512; on the AMD EPYC above MKL gains little from
-blocking and the calibration below leaves it off.) "Blocked" cuts the weight into blocks of 64 output rows and multiplies every
-input row by each block in one batched product (``torch.bmm``), so each block is
-read from memory once and used by all rows while it sits in cache. That makes a
-batch of 4-15 decoding rows, and the prefill of a short prompt, cost little more
-than one row, which is what continuous batching in the service relies on.
+(Measured on an Intel Xeon with AVX-512; on the AMD EPYC above MKL gains little from
+blocking and the calibration below leaves it off.) "Blocked" cuts the weight into blocks
+of 64 output rows and multiplies every input row by each block in one batched product
+(``torch.bmm``), so each block is read from memory once and used by all rows while it
+sits in cache. That makes a batch of 4-15 decoding rows, and the prefill of a short
+prompt, cost little more than one row, which is what continuous batching in the service
+relies on.
 
 ``install(model)`` times both ways on the model's own weights when it is loaded
 and switches its ``nn.Linear`` layers to the blocked product for 4-15 rows only

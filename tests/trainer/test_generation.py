@@ -161,12 +161,11 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     assert done[39].texts == alone.texts
 
 
-def test_packed_prompt_with_several_headlines_runs_once(tiny_model_dir):
+def test_packed_prompt_with_several_headlines_runs_once(generator):
     """A request for n headlines puts its prompt in the packed step once, not n times."""
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
-    gen = Generator(model, tokenizer, load_config(), name="tiny", version="v1")
+    gen = generator
     fed = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
+    hook = gen.model.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
     try:
         out = gen.generate([PROMPTS[0]], GenerationSettings(num_return=3, max_new_tokens=1))[0]
     finally:
