@@ -8,8 +8,9 @@ application itself executes per request instead: each WSGI app (ours, `service.c
 and the floor, `bench.serve:bare_app`) answers the same `POST /prompt` in a loop in its own
 process under valgrind's callgrind, once with 50 requests and once with 50 + ``--requests``;
 the difference of the two totals, divided by ``--requests``, is the instructions per request,
-with start-up and imports cancelled out. The count is the same from run to run whatever else
-the machine is doing, so a change to the hit path can be judged to the percent.
+with start-up and imports cancelled out. For the same code the count is the same from run to
+run whatever else the machine is doing. An edit anywhere (this script included) moves both
+apps' counts by up to 3%, so compare the two apps of one run, and changes bigger than that.
 
 Our app runs with the repo's config.yml (its request hooks, API-key checks switched as
 configured, metrics, cache) against a private redis-server; its generator is a fixed stand-in,
@@ -97,13 +98,16 @@ def child(app_name: str, requests: int, redis_url: str) -> None:
         sys.exit(f"{app_name}: last answer {status[0]} X-Cache {x_cache}: {body[:200]!r}")
 
 
+def child_command(app_name: str, requests: int, redis_url: str) -> list[str]:
+    return [sys.executable, __file__, "--child", app_name, "--requests", str(requests), "--redis-url", redis_url]
+
+
 def count(app_name: str, requests: int, redis_url: str, workdir: Path) -> int:
     """Instructions executed by one child process (callgrind's total)."""
     out = workdir / f"{app_name}-{requests}.log"
     with open(out, "w") as log:
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--child", app_name, "--requests", str(requests), "--redis-url", redis_url],
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *child_command(app_name, requests, redis_url)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env=os.environ | {"PYTHONHASHSEED": "0"})  # same dict layouts in every run: same counts
     text = out.read_text(errors="replace")
@@ -136,8 +140,7 @@ def main() -> int:
     try:
         # Our app's first request is a MISS that fills the cache: made here, outside the counts,
         # so that every counted request of every run is a HIT.
-        subprocess.run([sys.executable, __file__, "--child", "api", "--requests", "2", "--redis-url", redis_server.url],
-                       check=True, cwd=REPO, capture_output=True)
+        subprocess.run(child_command("api", 2, redis_server.url), check=True, cwd=REPO, capture_output=True)
         runs = [(name, n) for name in ("bare", "api") for n in (WARM, WARM + args.requests)]
         with ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1))) as pool:
             totals = dict(zip(runs, pool.map(lambda r: count(r[0], r[1], redis_server.url, work), runs)))
