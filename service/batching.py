@@ -7,7 +7,9 @@ One generation thread owns the model and runs in one of two ways:
   decoding batch (trainer.generation.DecodeBatch). Between two decoding steps it
   takes whatever jobs are queued, up to ``max_batch_size`` requests in the batch,
   and adds them; every step generates one token for every request in the batch,
-  and a request is answered the moment its own rows end. A request arriving while
+  and a request is answered the moment its own rows end: when its last token is
+  chosen, before the step's model call for the others, so that its client's next
+  request can join one step sooner. A request arriving while
   others decode starts at the next step (tens of ms) instead of waiting for the
   whole batch to finish, so the batch stays full under steady load. When the
   batch is empty the first job waits up to ``window_ms`` for company.
@@ -39,8 +41,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[str], list[Any]], Sequence[Any]]
-# open_batch() -> a batch with add([(prompt, settings, tag)]), step() -> [(tag, result)],
-# len() (requests decoding) and can_join (may take new rows now); see trainer.generation.DecodeBatch.
+# open_batch() -> a batch with add([(prompt, settings, tag)]), step(on_done) (calls on_done(tag, result)
+# for each request that finished), len() (requests decoding) and can_join (may take new rows now);
+# see trainer.generation.DecodeBatch.
 OpenBatchFn = Callable[[], Any]
 
 
@@ -184,16 +187,12 @@ class MicroBatcher:
             try:
                 self._on_batch(len(inflight))
                 self.batches += 1
-                finished = batch.step()
+                batch.step(on_done=lambda job, result: (inflight.discard(job), job.future.set_result(result)))
             except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
                 log.exception("generation failed for a batch of %d", len(inflight))
                 for job in inflight:
                     job.future.set_exception(exc)
                 inflight.clear()
-                continue
-            for job, result in finished:
-                inflight.discard(job)
-                job.future.set_result(result)
         self._fail_queued()
 
     def _fail_queued(self) -> None:

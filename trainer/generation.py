@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -368,12 +368,19 @@ class DecodeBatch:
         self._t = state
         self._rows.extend(rows)
 
-    def step(self) -> list[tuple[Any, Generation]]:
-        """One token for every active row; returns ``(tag, Generation)`` of requests that finished."""
+    def step(self, on_done: Callable[[Any, Generation], None] | None = None) -> list[tuple[Any, Generation]]:
+        """One token for every active row; returns ``(tag, Generation)`` of requests that finished.
+
+        A request is finished once its last token is chosen, before the step's model call (which
+        only feeds the rows that go on): ``on_done(tag, result)`` hears of each one then, a model
+        call earlier than the return value does. The service answers its clients from it."""
         import torch
 
         with torch.inference_mode():
             done, next_ids = self._pick() if self._rows else ([], None)
+            if on_done is not None:
+                for tag, result in done:
+                    on_done(tag, result)
             self._forward(next_ids)
         return done
 

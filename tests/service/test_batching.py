@@ -114,17 +114,18 @@ class FakeBatch:
         for prompt, steps, tag in items:
             self.items[id(tag)] = (prompt, steps, tag)
 
-    def step(self):
-        time.sleep(0.01)
-        if any(p == "boom-step" for p, _, _ in self.items.values()):
-            raise RuntimeError("step failed")
+    def step(self, on_done):
         done = []
         for key, (prompt, steps, tag) in list(self.items.items()):
             if steps <= 1:
                 done.append((tag, f"{prompt}/done"))
                 del self.items[key]
+                on_done(tag, f"{prompt}/done")
             else:
                 self.items[key] = (prompt, steps - 1, tag)
+        time.sleep(0.01)  # the model call, after the finished requests were answered
+        if any(p == "boom-step" for p, _, _ in self.items.values()):
+            raise RuntimeError("step failed")
         return done
 
     def __len__(self):
@@ -162,7 +163,7 @@ def test_continuous_batching_errors_fail_only_their_requests():
     assert running.result(5) == "running/done"
     victims = [b.submit_async("victim", 50)]
     time.sleep(0.03)
-    victims.append(b.submit_async("boom-step", 1))
+    victims.append(b.submit_async("boom-step", 2))
     for f in victims:  # a failed step fails every request of the batch
         with pytest.raises(RuntimeError):
             f.result(5)

@@ -161,6 +161,34 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     assert done[39].texts == alone.texts
 
 
+def test_step_reports_finished_requests_before_its_model_call(any_generator):
+    """A request is answered when its last token is chosen, not after the model call that the
+    rows still decoding need: on_done hears of it first, and of exactly what step returns."""
+    model_calls = []
+    hook = any_generator.model.register_forward_hook(lambda *args: model_calls.append(1))
+    try:
+        batch = any_generator.open_batch()
+        batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=2), "short"),
+                   (PROMPTS[1], GenerationSettings(max_new_tokens=6), "long")])
+        heard = {}
+        while len(batch):
+            calls_before, step_heard = len(model_calls), []
+
+            def on_done(tag, result, step_heard=step_heard, calls_before=calls_before):
+                step_heard.append((tag, result, len(model_calls) - calls_before))
+
+            returned = batch.step(on_done=on_done)
+            assert [(tag, result) for tag, result, _ in step_heard] == returned
+            for tag, _, calls in step_heard:
+                heard[tag] = calls
+                assert calls == 0, f"{tag} was answered after the step's model call"
+            if "short" in [tag for tag, _, _ in step_heard]:
+                assert len(model_calls) - calls_before == 1  # the long request went on in this step
+    finally:
+        hook.remove()
+    assert set(heard) == {"short", "long"}
+
+
 def test_packed_prompt_with_several_headlines_runs_once(generator):
     """A request for n headlines puts its prompt in the packed step once, not n times."""
     gen = generator
