@@ -391,8 +391,12 @@ class DecodeBatch:
         import torch
 
         g, t = self._g, self._t
-        logits, penalty = t["logits"], t["penalty"]
-        logits = torch.where(t["seen"], torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+        # Repetition penalty on the tokens each row has seen (tens of a vocabulary of tens of
+        # thousands): computed at those entries only, in place (the logits are the batch's own).
+        logits = t["logits"]
+        rows, cols = t["seen"].nonzero(as_tuple=True)
+        seen, penalty = logits[rows, cols], t["penalty"][rows, 0]
+        logits.index_put_((rows, cols), torch.where(seen < 0, seen * penalty, seen / penalty))
         next_ids = logits.argmax(dim=-1)
         for i, row in enumerate(self._rows):
             if row.settings.do_sample:
