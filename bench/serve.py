@@ -268,6 +268,21 @@ def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, se
         "round_ratios": ratios}
 
 
+def batch_histogram(apis) -> tuple[float, float]:
+    """(sum, count) of the instances' ``headline_batch_size`` histograms: requests in the batch
+    at each decoding step, and the steps."""
+    from bench.stack import http_get
+
+    total = count = 0.0
+    for api in apis:
+        for line in http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode().splitlines():
+            if line.startswith("headline_batch_size_sum"):
+                total += float(line.split()[-1])
+            elif line.startswith("headline_batch_size_count"):
+                count += float(line.split()[-1])
+    return total, count
+
+
 def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, max_new_tokens: int,
                requests: int) -> dict:
     stacks = {}
@@ -282,6 +297,7 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                             {"Cache-Control": "no-cache"})
 
     results = {(b, c): [] for b in (True, False) for c in (1, 8)}
+    batch_totals = [0.0, 0.0]  # requests in the batch summed over decoding steps, and the steps
     with stacks[True] as on, stacks[False] as off:
         ports = {True: on.port, False: off.port}
         for port in ports.values():
@@ -292,20 +308,16 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
             for conc, total in ((1, 3), (8, requests)):
                 order = (True, False) if r % 2 == 0 else (False, True)
                 for batching in order:
+                    counted = batching and conc == 8
+                    before = batch_histogram(on.apis) if counted else None
                     res = load(ports[batching], req, conc, total=total)
+                    if counted:  # the batching instances' own histogram, over these rounds only
+                        batch_sum, batch_count = (a - b for a, b in zip(batch_histogram(on.apis), before))
+                        batch_totals = [batch_totals[0] + batch_sum, batch_totals[1] + batch_count]
                     results[batching, conc].append(res)
                     print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s, "
                           f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
-        batch_sum = batch_count = 0.0
-        for api in on.apis:  # the batching instances' own histogram (warm-up and concurrency 1 included)
-            from bench.stack import http_get
-
-            for line in http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode().splitlines():
-                if line.startswith("headline_batch_size_sum"):
-                    batch_sum += float(line.split()[-1])
-                elif line.startswith("headline_batch_size_count"):
-                    batch_count += float(line.split()[-1])
-    out = {"mean_batch_size": batch_sum / batch_count if batch_count else float("nan")}
+    out = {"mean_batch_size": batch_totals[0] / batch_totals[1] if batch_totals[1] else float("nan")}
     for conc in (1, 8):
         summary = {}
         for batching in (True, False):
@@ -313,6 +325,7 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
             summary["on" if batching else "off"] = {k: median([x[k] for x in rs]) for k in ("rps", "p50", "p99")} | {
                 "errors": sum(x["errors"] for x in rs)}
         summary["ratio"] = summary["on"]["rps"] / summary["off"]["rps"]
+        summary["round_ratios"] = [on["rps"] / off["rps"] for on, off in zip(results[True, conc], results[False, conc])]
         out[conc] = summary
     return out
 
@@ -345,7 +358,8 @@ def main() -> int:
                          "in a run-shaped folder)")
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of the cache-hit comparison")
     ap.add_argument("--hit-seconds", type=float, default=3.0, help="length of one cache-hit round")
-    ap.add_argument("--miss-rounds", type=int, default=3)
+    ap.add_argument("--miss-rounds", type=int, default=5,
+                    help="alternating rounds of the cache-miss comparison (each: concurrency 1, then 8)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--miss-requests", type=int, default=64, help="requests per cache-miss round at concurrency 8")
     ap.add_argument("--cold-repeats", type=int, default=3)
@@ -415,8 +429,9 @@ def print_table(results: dict, args) -> None:
         on, off = m["on"], m["off"]
         print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
               f"| {on['p50']:.0f} / {on['p99']:.0f} ms | no batching: {off['rps']:.2f} headlines/s, "
-              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x"
-              + (f" (mean batch {results['miss']['mean_batch_size']:.1f})" if conc == 8 else "")
+              f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x (rounds "
+              f"{min(m['round_ratios']):.2f}-{max(m['round_ratios']):.2f}x"
+              + (f", mean batch {results['miss']['mean_batch_size']:.1f})" if conc == 8 else ")")
               + f" | {'>= 3x' if conc == 8 else '-'} "
               f"| {on['errors'] + off['errors']} |")
     if "cold" in results:
