@@ -356,7 +356,7 @@ def main() -> int:
     ap.add_argument("--model", "--run", dest="model",
                     help="run folder or model.name value to serve (default: the packaged base model "
                          "in a run-shaped folder)")
-    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of the cache-hit comparison")
+    ap.add_argument("--rounds", type=int, default=15, help="alternating rounds of the cache-hit comparison")
     ap.add_argument("--hit-seconds", type=float, default=3.0, help="length of one cache-hit round")
     ap.add_argument("--miss-rounds", type=int, default=5,
                     help="alternating rounds of the cache-miss comparison (each: concurrency 1, then 8)")
