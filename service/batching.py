@@ -147,6 +147,11 @@ class MicroBatcher:
         batch: Any = None
         inflight: set[_Job] = set()  # jobs in the batch, to fail them all if a step raises
         closing = False
+
+        def answer(job: _Job, result: Any) -> None:  # a finished request, mid-step
+            inflight.discard(job)
+            job.future.set_result(result)
+
         while True:
             jobs: list[_Job] = []
             if not inflight:
@@ -187,7 +192,7 @@ class MicroBatcher:
             try:
                 self._on_batch(len(inflight))
                 self.batches += 1
-                batch.step(on_done=lambda job, result: (inflight.discard(job), job.future.set_result(result)))
+                batch.step(on_done=answer)
             except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
                 log.exception("generation failed for a batch of %d", len(inflight))
                 for job in inflight:
