@@ -297,7 +297,7 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                             {"Cache-Control": "no-cache"})
 
     results = {(b, c): [] for b in (True, False) for c in (1, 8)}
-    batch_totals = [0.0, 0.0]  # requests in the batch summed over decoding steps, and the steps
+    batch_sum = batch_steps = 0.0  # requests in the batch summed over decoding steps, and the steps
     with stacks[True] as on, stacks[False] as off:
         ports = {True: on.port, False: off.port}
         for port in ports.values():
@@ -312,12 +312,13 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                     before = batch_histogram(on.apis) if counted else None
                     res = load(ports[batching], req, conc, total=total)
                     if counted:  # the batching instances' own histogram, over these rounds only
-                        batch_sum, batch_count = (a - b for a, b in zip(batch_histogram(on.apis), before))
-                        batch_totals = [batch_totals[0] + batch_sum, batch_totals[1] + batch_count]
+                        after = batch_histogram(on.apis)
+                        batch_sum += after[0] - before[0]
+                        batch_steps += after[1] - before[1]
                     results[batching, conc].append(res)
                     print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s, "
                           f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
-    out = {"mean_batch_size": batch_totals[0] / batch_totals[1] if batch_totals[1] else float("nan")}
+    out = {"mean_batch_size": batch_sum / batch_steps if batch_steps else float("nan")}
     for conc in (1, 8):
         summary = {}
         for batching in (True, False):
