@@ -31,17 +31,19 @@ NAME = "headline_packed"
 # ``layer_idx`` and whose positions come from ``position_ids`` alone (no sliding windows,
 # no cross-attention): tested on both in tests/trainer/test_generation.py.
 MODEL_TYPES = frozenset({"llama", "gpt2"})
+SPARE = 32  # columns of room at the end of each layer's cache buffers (see Packing.attend)
 
 
 @dataclass
 class Packing:
     """One packed call. ``keys``/``values``: per layer, the decoding rows' cache (b, kv_heads, L, d).
 
+    Each buffer may be wider than L: columns from L on are room for the next steps' keys.
     ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included.
     ``segments``: (offset in the packed sequence, length, rows) of each new prompt; a prompt
     asked for n headlines is run once and its keys are copied to its n rows.
     After the call ``new_keys``/``new_values`` hold every row's cache, decoding rows first,
-    left-padded to ``width``.
+    left-padded to ``width`` (its first ``width`` columns; the buffers have room beyond).
     """
 
     keys: list | None
@@ -56,35 +58,47 @@ class Packing:
     def attend(self, layer: int, query, key, value, scale: float | None):
         """query (1, H, S, d), key/value (1, kv_heads, S, d) of the packed sequence -> (1, S, H, d)."""
         import torch
-        from torch.nn.functional import pad
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         b, width = self.rows, self.width
         heads, kv_heads, d = query.shape[1], key.shape[1], query.shape[-1]
         group = heads // kv_heads
-        outs, keys, values = [], [], []
+        cached = self.mask.shape[-1] if b else 0  # the decoding rows' keys after this step's token
+        # The cache is kept in buffers with room for SPARE more columns than it holds, so that a
+        # plain decoding step writes each row's new key in place instead of copying the whole
+        # cache (a concatenation per layer and step, the larger the longer the rows get).
+        reuse = b and not self.segments and self.keys[layer].shape[2] >= cached
+        if reuse:
+            keys, values = self.keys[layer], self.values[layer]
+        else:
+            rows = b + sum(n for _, _, n in self.segments)
+            keys = key.new_zeros((rows, kv_heads, width + SPARE, d))
+            values = value.new_zeros((rows, kv_heads, width + SPARE, d))
+        outs = []
         if b:
             # Each row's new key joins its cache; the row's query heads that share a key head
             # are laid out as that head's queries (as transformers' pack_gqa does for decoding).
-            k = torch.cat([self.keys[layer], key[0, :, :b].transpose(0, 1).unsqueeze(2)], dim=2)
-            v = torch.cat([self.values[layer], value[0, :, :b].transpose(0, 1).unsqueeze(2)], dim=2)
+            start = width - cached  # left padding of the decoding rows when a longer prompt joins
+            if not reuse:
+                keys[:b, :, start:width - 1] = self.keys[layer][:, :, :cached - 1]
+                values[:b, :, start:width - 1] = self.values[layer][:, :, :cached - 1]
+            keys[:b, :, width - 1] = key[0, :, :b].transpose(0, 1)
+            values[:b, :, width - 1] = value[0, :, :b].transpose(0, 1)
             q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
-            out = sdpa(q, k, v, attn_mask=self.mask, scale=scale)  # (b, kv_heads, group, d)
+            out = sdpa(q, keys[:b, :, start:width], values[:b, :, start:width], attn_mask=self.mask,
+                       scale=scale)  # (b, kv_heads, group, d)
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
-            grow = width - k.shape[2]
-            keys.append(pad(k, (0, 0, grow, 0)) if grow else k)
-            values.append(pad(v, (0, 0, grow, 0)) if grow else v)
+        row = b
         for offset, length, rows in self.segments:
             k = key[:, :, offset:offset + length]
             v = value[:, :, offset:offset + length]
             kq, vq = (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if group > 1 else (k, v)
             out = sdpa(query[:, :, offset:offset + length], kq, vq, is_causal=True, scale=scale)
             outs.append(out[0])  # (H, length, d)
-            keys.append(pad(k, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
-            values.append(pad(v, (0, 0, width - length, 0)).expand(rows, -1, -1, -1))
-        # (The usual step has decoding rows only: nothing to concatenate.)
-        self.new_keys[layer] = torch.cat(keys) if len(keys) > 1 else keys[0]
-        self.new_values[layer] = torch.cat(values) if len(values) > 1 else values[0]
+            keys[row:row + rows, :, width - length:width] = k
+            values[row:row + rows, :, width - length:width] = v
+            row += rows
+        self.new_keys[layer], self.new_values[layer] = keys, values
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return out.transpose(0, 1).unsqueeze(0), None
 
