@@ -9,6 +9,12 @@ runaway rates, theme and article prompts). Prints a Markdown table for the READM
     .venv/bin/python bench/quality.py --steps 40 --articles 200 --eval-articles 20   # quick look
 
 The run folder (model, eval.md, loss curve) lands in --output-dir (default runs/bench).
+
+``--weights float32,float16,int8`` then scores the run as the service would serve it, in each
+precision (``service.weights``), on held-out articles: the first ``--weights-articles`` of the
+data file that the run never saw (beyond its ``data.max_examples``), theme and article prompts,
+greedy. It prints ROUGE per precision and how many headlines equal the first precision's.
+``--run DIR`` skips the training and evaluation and compares an existing run of this script.
 """
 
 from __future__ import annotations
@@ -43,7 +49,48 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=c",
                    help="any further config override")
+    p.add_argument("--weights", default="", help="serving precisions to compare, e.g. float32,float16,int8")
+    p.add_argument("--weights-articles", type=int, default=150, help="held-out articles for --weights")
+    p.add_argument("--run", type=Path, help="compare --weights on this run instead of training one")
     return p.parse_args(argv)
+
+
+def compare_weights(run_dir: Path, precisions: list[str], n_articles: int) -> str:
+    """Markdown table: the run's greedy headlines on held-out articles in each serving precision."""
+    from config import load_config
+    from trainer.data import load_articles, split_articles
+    from trainer.dataset import build_examples
+    from trainer.evaluate import _generate_all, rouge
+    from trainer.generation import GenerationSettings, Generator
+    from trainer.themes import ThemeBuilder
+
+    cfg = load_config(run_dir / "config.yml")
+    seen, _ = load_articles(cfg.data)
+    themes = ThemeBuilder(cfg.prompt.theme_keywords).fit(split_articles(seen, cfg.data.split, cfg.data.seed)["train"])
+    every, _ = load_articles(cfg.data.model_copy(update={"max_examples": None}))
+    seen_ids = {a.id for a in seen}
+    held_out = [a for a in every if a.id not in seen_ids][:n_articles]
+    settings = GenerationSettings.from_config(cfg.generation, num_return=1)
+    rows, first = [], None
+    for weights in precisions:
+        gen = Generator.load(str(run_dir), cfg, weights=weights)
+        examples = build_examples(held_out, themes, cfg.prompt, gen.tokenizer, cfg.data.seed, for_training=False)
+        t0 = time.perf_counter()
+        texts = [text for text, _ in _generate_all(gen, [e.prompt for e in examples], settings, 8)]
+        seconds = time.perf_counter() - t0
+        scores = {task: rouge([t for t, e in zip(texts, examples) if task in ("all", e.task)],
+                              [e.title for e in examples if task in ("all", e.task)])
+                  for task in ("all", "theme", "article")}
+        first = first or (weights, texts)
+        same = sum(a == b for a, b in zip(first[1], texts))
+        rows.append(f"| {gen.weights} | " + " | ".join(f"{scores[t]['rougeL']:.3f}" for t in scores)
+                    + f" | {scores['all']['rouge1']:.3f} / {scores['all']['rouge2']:.3f} | {same}/{len(texts)} "
+                    f"| {seconds:.0f} s |")
+    return "\n".join([
+        f"Run `{run_dir.name}` in each serving precision: {len(held_out)} held-out articles x 2 prompts, greedy.",
+        "",
+        f"| Weights | ROUGE-L all | theme | article | ROUGE-1 / 2 all | headlines equal to {first[0]} | time |",
+        "|---|---|---|---|---|---|---|", *rows])
 
 
 def main(argv=None) -> int:
@@ -59,6 +106,14 @@ def main(argv=None) -> int:
     from config import load_config
     from trainer.evaluate import evaluate, metrics_table
     from trainer.train import train
+
+    precisions = [w for w in args.weights.split(",") if w]
+    if args.run:
+        if not precisions:
+            print("--run needs --weights", file=sys.stderr)
+            return 2
+        print(compare_weights(args.run, precisions, args.weights_articles))
+        return 0
 
     overrides = [
         f"model.name={args.model}",
@@ -95,6 +150,9 @@ def main(argv=None) -> int:
     print(metrics_table(result))
     print()
     print(f"examples and details: {run_dir / 'eval.md'}")
+    if precisions:
+        print()
+        print(compare_weights(run_dir, precisions, args.weights_articles))
     return 0
 
 

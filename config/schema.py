@@ -221,7 +221,7 @@ class ServiceConfig(Section):
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     max_concurrency: int = Field(16, ge=1, le=1024)
     torch_threads: int = Field(1, ge=1, le=256)
-    weights: Literal["float32", "float16"] = "float16"
+    weights: Literal["float32", "float16", "int8"] = "float16"
     warmup: bool = True
     cache: CacheConfig = CacheConfig()
     batching: BatchingConfig = BatchingConfig()

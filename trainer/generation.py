@@ -112,6 +112,8 @@ class Generator:
 
             if weights == "float16" and cpu_linear.install_float16(model, prepacked):
                 self.weights = "float16"
+            elif weights == "int8" and cpu_linear.install_int8(model):
+                self.weights = "int8"
             else:
                 cpu_linear.install(model)
         self._eos = tokenizer.eos_token_id

@@ -28,8 +28,8 @@ def tiny_llama_dir(tmp_path_factory):
 
 # Every decoding path: packed steps on GPT-2 and on Llama (rotary positions, grouped-query
 # attention: the packaged model's family), and the general path (prefill, then merged caches).
-# The service's float16 weights (trainer.cpu_linear) go through the same checks on Llama.
-PATHS = ["gpt2-packed", "llama-packed", "gpt2-general", "llama-packed-float16"]
+# The service's float16 and int8 weights (trainer.cpu_linear) go through the same checks on Llama.
+PATHS = ["gpt2-packed", "llama-packed", "gpt2-general", "llama-packed-float16", "llama-packed-int8"]
 
 
 @pytest.fixture(scope="module", params=PATHS)
