@@ -289,19 +289,19 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
     for batching in (True, False):
         cfg = write_config(work / f"miss-{batching}.yml", model, redis_url, batching)
         stacks[batching] = Stack(work, env | {"HEADLINE_CONFIG": str(cfg)})
-    counter = iter(range(10**9))
-
-    def req(i):  # a new theme every time, so every request generates
-        return http_request("/v1/headlines", {"theme": f"market news {next(counter)}",
-                                              "max_new_tokens": max_new_tokens},
-                            {"Cache-Control": "no-cache"})
+    def themed(tag: str):
+        """Request i of a load: a theme of its own, so that every request generates. Both sides of
+        a round get the same themes (tag): the same work, since headlines differ in length."""
+        return lambda i: http_request("/v1/headlines", {"theme": f"market news {tag} {i}",
+                                                        "max_new_tokens": max_new_tokens},
+                                      {"Cache-Control": "no-cache"})
 
     results = {(b, c): [] for b in (True, False) for c in (1, 8)}
     batch_sum = batch_steps = 0.0  # requests in the batch summed over decoding steps, and the steps
     with stacks[True] as on, stacks[False] as off:
         ports = {True: on.port, False: off.port}
         for port in ports.values():
-            load(port, req, 2, total=2)  # first request of each instance
+            load(port, themed("warm-up"), 2, total=2)  # first request of each instance
         for r in range(rounds):
             # A round at concurrency 8 is long enough that its ramp-down (the last requests, with
             # fewer than 8 in flight) is a small part of it: this is a steady-state throughput.
@@ -310,7 +310,7 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                 for batching in order:
                     counted = batching and conc == 8
                     before = batch_histogram(on.apis) if counted else None
-                    res = load(ports[batching], req, conc, total=total)
+                    res = load(ports[batching], themed(f"{r}-{conc}"), conc, total=total)
                     if counted:  # the batching instances' own histogram, over these rounds only
                         after = batch_histogram(on.apis)
                         batch_sum += after[0] - before[0]
