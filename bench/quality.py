@@ -70,9 +70,14 @@ def compare_weights(run_dir: Path, precisions: list[str], n_articles: int) -> st
     every, _ = load_articles(cfg.data.model_copy(update={"max_examples": None}))
     seen_ids = {a.id for a in seen}
     held_out = [a for a in every if a.id not in seen_ids][:n_articles]
+    if not held_out:
+        raise SystemExit(f"{cfg.data.source}: no article left that the run did not see "
+                         f"(it used {len(seen)}); train on fewer (--articles) to compare precisions")
     settings = GenerationSettings.from_config(cfg.generation, num_return=1)
     rows, first = [], None
+    gen = None
     for weights in precisions:
+        del gen  # one model in memory at a time
         gen = Generator.load(str(run_dir), cfg, weights=weights)
         examples = build_examples(held_out, themes, cfg.prompt, gen.tokenizer, cfg.data.seed, for_training=False)
         t0 = time.perf_counter()
@@ -81,7 +86,7 @@ def compare_weights(run_dir: Path, precisions: list[str], n_articles: int) -> st
         scores = {task: rouge([t for t, e in zip(texts, examples) if task in ("all", e.task)],
                               [e.title for e in examples if task in ("all", e.task)])
                   for task in ("all", "theme", "article")}
-        first = first or (weights, texts)
+        first = first or (gen.weights, texts)  # what ran (float16 falls back to float32 without fbgemm)
         same = sum(a == b for a, b in zip(first[1], texts))
         rows.append(f"| {gen.weights} | " + " | ".join(f"{scores[t]['rougeL']:.3f}" for t in scores)
                     + f" | {scores['all']['rouge1']:.3f} / {scores['all']['rouge2']:.3f} | {same}/{len(texts)} "

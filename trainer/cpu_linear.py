@@ -267,10 +267,13 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
 # minimum and maximum, which would make a row's result depend on the other rows of its batch.
 # So each row is first divided by its own largest magnitude (into [-1, 1]) and an "anchor" row
 # holding -128/127 and 1 goes first: every input then has the same minimum and maximum, fbgemm
-# picks the same scale (1/127, zero point 128) whatever the batch holds, integer sums are exact,
-# and the output row, multiplied back by its row's magnitude, is the same alone or batched.
+# picks the same scale whatever the batch holds (1/127 with zero point 128; 255/127^2 with zero
+# point 64 in 7 bits), integer sums are exact, and the output row, multiplied back by its row's
+# magnitude, is the same alone or batched. A row holding NaN or infinity would move the minimum
+# or maximum for everyone: it is zeroed for the product, and its output is NaN, as in float.
 
 _STAGING = threading.local()  # per thread: {input width: staging buffer}, anchor row first
+STAGING_ROWS = 256  # inputs up to this many rows reuse the thread's buffer; longer ones get their own
 
 
 def _reduce_range() -> bool:
@@ -291,11 +294,14 @@ def _staging(rows: int, width: int):
     import torch
 
     buffers = _STAGING.__dict__.setdefault("buffers", {})
-    buf = buffers.get(width)
-    if buf is None or buf.shape[0] <= rows:
-        buf = torch.zeros(max(rows + 1, 64, 0 if buf is None else 2 * buf.shape[0]), width)
-        buf[0, 0], buf[0, 1] = -128 / 127, 1.0
-        buffers[width] = buf
+    buf = buffers.get(width) if rows < STAGING_ROWS else None
+    if buf is None:
+        # A plain tensor even when the first call runs in inference mode: later calls may not.
+        with torch.inference_mode(False):
+            buf = torch.zeros(max(rows, STAGING_ROWS) + 1, width)
+            buf[0, 0], buf[0, 1] = -128 / 127, 1.0
+        if rows < STAGING_ROWS:
+            buffers[width] = buf
     return buf[:rows + 1]
 
 
@@ -307,7 +313,7 @@ def _int8_product(x, packed, bias=None):
     # Each row's largest magnitude (a row of zeros stays zeros: 0 / tiny = 0).
     scale = torch.linalg.vector_norm(flat, float("inf"), 1, True).clamp_(min=1e-30)
     staged = _staging(flat.shape[0], flat.shape[1])
-    torch.div(flat, scale, out=staged[1:])
+    torch.div(flat, scale, out=staged[1:]).nan_to_num_(0.0, 0.0, 0.0)  # (a row's NaN: its scale is NaN)
     y = torch.ops.quantized.linear_dynamic(staged, packed, _REDUCE_RANGE)[1:].mul_(scale)
     if bias is not None:
         y += bias
@@ -345,23 +351,23 @@ SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class _Stacked:
     """Sibling layers served by one product: the first call with an input computes every layer's
     output, and each sibling then takes its own columns for that same input (a call with another
-    input, or a second call by the same layer, computes again: never a stale answer)."""
+    input, or a second call by the same layer, computes again: never a stale answer). The state is
+    per thread, so that threads sharing a model never take each other's outputs."""
 
     def __init__(self, modules: list, product):
         self.product = product  # x -> the stacked output (..., sum of out_features)
         self.widths = [m.out_features for m in modules]
-        self._input = None
-        self._outputs: tuple = ()
-        self._left: set[int] = set()
+        self._state = threading.local()  # input, its outputs, siblings not yet served
 
     def __call__(self, index: int, x):
-        if self._input is not x or index not in self._left:
-            self._outputs = self.product(x).split(self.widths, dim=-1)
-            self._input, self._left = x, set(range(len(self.widths)))
-        self._left.discard(index)
-        out = self._outputs[index]
-        if not self._left:  # all served: hold no activations between calls
-            self._input, self._outputs = None, ()
+        state = self._state
+        if getattr(state, "input", None) is not x or index not in state.left:
+            state.outputs = self.product(x).split(self.widths, dim=-1)
+            state.input, state.left = x, set(range(len(self.widths)))
+        state.left.discard(index)
+        out = state.outputs[index]
+        if not state.left:  # all served: hold no activations between calls
+            state.input = state.outputs = None
         return out
 
 
@@ -387,19 +393,20 @@ def _sibling_groups(layers: dict) -> list[list[str]]:
     return groups
 
 
-def _install(model, kind: str, pack, product) -> bool:
+def _install(model, kind: str, pack, product, min_inputs: int = 1) -> bool:
     """Serve the model's CPU float32 ``nn.Linear`` layers from packed copies of their weights.
 
     ``pack(names, modules, weight, bias)`` packs one layer, or a group of siblings stacked (their
     weights and biases concatenated); ``product(x, packed)`` computes a packed product. Packing
-    runs on every core (fbgemm releases the GIL). Returns False, changing nothing, where fbgemm
-    cannot run."""
+    runs on every core (fbgemm releases the GIL). Layers with fewer than ``min_inputs`` input
+    features stay as they are. Returns False, changing nothing, where fbgemm cannot run."""
     import torch
 
-    layers = _cpu_float32_linears(model)
-    if not layers or any(m.in_features < 2 for m in layers.values()):
+    layers = {name: m for name, m in _cpu_float32_linears(model).items() if m.in_features >= min_inputs}
+    if not layers:
         return False
-    groups = _sibling_groups(layers)
+    # Cross-attention (encoder-decoder models) calls q on other states than k and v: no stacking.
+    groups = [] if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else _sibling_groups(layers)
     grouped = {n for group in groups for n in group}
     units = groups + [[n] for n in layers if n not in grouped]
 
@@ -437,6 +444,7 @@ def install_int8(model) -> bool:
     """Serve the model's CPU ``nn.Linear`` layers with int8 weights and per-row int8 activations.
 
     The float32 parameters stay (training and autograd use them); the int8 copies add a quarter
-    of the linear layers' size. Returns False, changing nothing, where fbgemm cannot run."""
+    of the linear layers' size; a layer with a single input feature stays float32. Returns False,
+    changing nothing, where fbgemm cannot run."""
     return _install(model, "int8", lambda names, modules, weight, bias: (_pack_int8(weight), bias),
-                    lambda x, packed: _int8_product(x, *packed))
+                    lambda x, packed: _int8_product(x, *packed), min_inputs=2)  # the anchor row needs 2

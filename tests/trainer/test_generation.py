@@ -137,6 +137,16 @@ def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
             assert torch.allclose(joined[key], logits, atol=1e-4), key
 
 
+def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch):
+    """Packed batches keep each layer's cache in a buffer with spare columns; with one spare column
+    a plain step finds it full every other step and moves to a new buffer, and every request still
+    gets its one-at-a-time output."""
+    from trainer import packed_attention
+
+    monkeypatch.setattr(packed_attention, "SPARE", 1)
+    test_requests_joining_a_running_batch_get_their_own_output(any_generator)
+
+
 def _width(batch) -> int:
     """Cached positions per row (left padding included)."""
     return batch._t["attention"].shape[1] if batch._t else 0
