@@ -289,6 +289,7 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
     for batching in (True, False):
         cfg = write_config(work / f"miss-{batching}.yml", model, redis_url, batching)
         stacks[batching] = Stack(work, env | {"HEADLINE_CONFIG": str(cfg)})
+
     def themed(tag: str):
         """Request i of a load: a theme of its own, so that every request generates. Both sides of
         a round get the same themes (tag): the same work, since headlines differ in length."""

@@ -215,13 +215,9 @@ def prepack_float16(folder) -> dict | None:
                 names = [n for n in handle.keys()
                          if n.endswith(".weight") and len(handle.get_slice(n).get_shape()) == 2]
                 stacked = set()
-                for name in names:
-                    for siblings in SHARED_INPUT:
-                        prefix = name[:-len(f"{siblings[0]}.weight")]
-                        group = tuple(f"{prefix}{s}.weight" for s in siblings)
-                        if name == group[0] and all(n in names for n in group):
-                            futures[group] = pool.submit(pack, *map(handle.get_tensor, group))
-                            stacked.update(group)
+                for group in _sibling_names(names, ".weight"):
+                    futures[tuple(group)] = pool.submit(pack, *map(handle.get_tensor, group))
+                    stacked.update(group)
                 for name in names:
                     if name not in stacked:
                         futures[name] = pool.submit(pack, handle.get_tensor(name))
@@ -239,6 +235,8 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
     weight it holds unchanged; the rest are packed here, on every core (the op releases the
     GIL). Returns False, changing nothing, where fbgemm cannot run (a CPU without AVX2).
     """
+    import torch
+
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     embedding_name = next((n for n, m in model.named_modules() if m is embedding), None)
 
@@ -253,8 +251,6 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
             if stored.shape == weight.shape and torch.equal(stored, weight):
                 return packed
         return _pack_float16(weight, bias)
-
-    import torch
 
     return _install(model, "float16", pack, _float16_product)
 
@@ -380,15 +376,15 @@ def _forward_stacked(self, x):
     return self._stacked(self._stacked_index, x)
 
 
-def _sibling_groups(layers: dict) -> list[list[str]]:
-    """Names of the eligible layers that a block calls on one input (``SHARED_INPUT``), by group."""
+def _sibling_names(names, suffix: str = "") -> list[list[str]]:
+    """The groups of ``SHARED_INPUT`` siblings among ``names`` (module names, or with ``suffix``
+    the names of their weights in a model's files), each in ``SHARED_INPUT`` order."""
+    present = set(names)
     groups = []
-    for name in layers:
+    for name in names:
         for siblings in SHARED_INPUT:
-            prefix = name[:-len(siblings[0])]
-            group = [prefix + s for s in siblings]
-            if name == group[0] and all(n in layers for n in group) \
-                    and len({layers[n].in_features for n in group}) == 1:
+            group = [name[:-len(siblings[0] + suffix)] + s + suffix for s in siblings]
+            if name == group[0] and all(n in present for n in group):
                 groups.append(group)
     return groups
 
@@ -406,7 +402,8 @@ def _install(model, kind: str, pack, product, min_inputs: int = 1) -> bool:
     if not layers:
         return False
     # Cross-attention (encoder-decoder models) calls q on other states than k and v: no stacking.
-    groups = [] if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else _sibling_groups(layers)
+    groups = [] if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else [
+        group for group in _sibling_names(layers) if len({layers[n].in_features for n in group}) == 1]
     grouped = {n for group in groups for n in group}
     units = groups + [[n] for n in layers if n not in grouped]
 
