@@ -306,8 +306,9 @@ def _int8_product(x, packed, bias=None):
     import torch
 
     flat = x.reshape(-1, x.shape[-1])
-    # Each row's largest magnitude (a row of zeros stays zeros: 0 / tiny = 0).
-    scale = torch.linalg.vector_norm(flat, float("inf"), 1, True).clamp_(min=1e-30)
+    # Each row's largest magnitude (a row of zeros stays zeros: 0 / tiny = 0). abs + amax, not
+    # vector_norm(inf): the same values, and vectorized over rows (4 rows of 1536: 4 us, not 21).
+    scale = flat.abs().amax(1, keepdim=True).clamp_(min=1e-30)
     staged = _staging(flat.shape[0], flat.shape[1])
     torch.div(flat, scale, out=staged[1:]).nan_to_num_(0.0, 0.0, 0.0)  # (a row's NaN: its scale is NaN)
     y = torch.ops.quantized.linear_dynamic(staged, packed, _REDUCE_RANGE)[1:].mul_(scale)

@@ -284,7 +284,8 @@ class DecodeBatch:
         self._cache = None
         self._joinable = True
         # One row per active row in each tensor: "attention" (b, L), "positions" of the last fed
-        # token (b, 1), tokens "seen" in prompt or output (b, V) for the repetition penalty,
+        # token (b, 1), the ids of the tokens "seen" in prompt or output (b, S) for the repetition
+        # penalty (each row's own at the right, left-padded with repeats of them),
         # "penalty" and "temperature" (b, 1), and the "logits" of the next token (b, V).
         self._t: dict[str, torch.Tensor] = {}
 
@@ -349,8 +350,8 @@ class DecodeBatch:
         positions = (attention.cumsum(1) - 1).clamp(min=0)
         result = g.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                          use_cache=True, **g._keep_logits)
-        seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
-        seen.scatter_(1, input_ids.clamp(max=vocab - 1), attention.bool())
+        # Padding positions repeat the row's last prompt token (a repeat changes nothing).
+        seen = torch.where(attention.bool(), input_ids, input_ids[:, -1:]).clamp(max=vocab - 1)
         state = {
             "attention": attention, "positions": positions[:, -1:], "seen": seen,
             "logits": result.logits[:, -1, :vocab].float(), **_settings_state(rows, dev),
@@ -366,6 +367,8 @@ class DecodeBatch:
             _merge_caches(self._cache, result.cache, width - L, width - T)
             old = dict(self._t, attention=torch.nn.functional.pad(self._t["attention"], (width - L, 0)))
             state["attention"] = torch.nn.functional.pad(attention, (width - T, 0))
+            wide = max(old["seen"].shape[1], T)
+            old["seen"], state["seen"] = _pad_seen(old["seen"], wide), _pad_seen(state["seen"], wide)
             state = {name: torch.cat([old[name], value]) for name, value in state.items()}
         self._t = state
         self._rows.extend(rows)
@@ -395,11 +398,11 @@ class DecodeBatch:
         g, t = self._g, self._t
         # Repetition penalty on the tokens each row has seen (tens of a vocabulary of tens of
         # thousands): computed at those entries only, in place (the logits are the batch's own).
-        logits = t["logits"]
-        rows, cols = t["seen"].nonzero(as_tuple=True)
-        seen, penalty = logits[rows, cols], t["penalty"][rows, 0]
-        logits.index_put_((rows, cols), torch.where(seen < 0, seen * penalty, seen / penalty))
-        next_ids = logits.argmax(dim=-1)
+        # A token listed twice in a row gets the same value written twice: penalized once.
+        logits, ids, penalty = t["logits"], t["seen"], t["penalty"]
+        seen = logits.gather(1, ids)
+        logits.scatter_(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+        next_ids = argmax_rows(logits)
         for i, row in enumerate(self._rows):
             if row.settings.do_sample:
                 next_ids[i] = g._sample(logits[i] / t["temperature"][i], row.settings, row.rng)
@@ -416,7 +419,8 @@ class DecodeBatch:
             if row.request.left == 0:
                 done.append((row.request.tag, self._result(row.request)))
         self._requests -= len(done)
-        if len(keep) < len(self._rows):
+        dropped = len(keep) < len(self._rows)
+        if dropped:
             idx = torch.tensor(keep, dtype=torch.long, device=g.device)
             self._t = {name: value[idx] for name, value in t.items()}
             self._rows = [self._rows[i] for i in keep]
@@ -429,7 +433,9 @@ class DecodeBatch:
                 self._t["attention"] = attention[:, first:]
         t = self._t
         if self._rows:
-            t["seen"][torch.arange(len(self._rows), device=g.device), next_ids] = True
+            t["seen"] = torch.cat([t["seen"], next_ids.unsqueeze(1)], dim=1)
+            if dropped:  # likewise the seen tokens' columns that only repeat others
+                t["seen"] = t["seen"][:, -max(row.request.prompt_tokens + len(row.out) for row in self._rows):]
         return done, next_ids
 
     def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
@@ -475,6 +481,38 @@ def _settings_state(rows: list[_Row], dev) -> dict[str, torch.Tensor]:
 
     return {"penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
             "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1)}
+
+
+def _pad_seen(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Seen-token ids (b, S) left-padded to (b, width) with repeats of each row's first column."""
+    import torch
+
+    if ids.shape[1] >= width:
+        return ids
+    return torch.cat([ids[:, :1].expand(-1, width - ids.shape[1]), ids], dim=1)
+
+
+def argmax_rows(x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``x.argmax(-1)`` of logits (b, V): the same indices (each row's first largest value, or its
+    first NaN), found through each chunk's maximum. On CPU argmax over a vocabulary costs ~75 us
+    per row, amax ~5: this is several times cheaper, and a decoding step calls it for every row."""
+    import torch
+
+    b, vocab = x.shape
+    n = vocab // chunk
+    if n < 2 or x.device.type != "cpu" or x.stride(1) != 1:
+        return x.argmax(-1)
+    rows = torch.arange(b)
+    head = x[:, :n * chunk].unflatten(1, (n, chunk))  # (b, n, chunk), a view
+    best = head.amax(-1).argmax(-1)  # the first chunk holding the row's largest value (or a NaN)
+    idx = head[rows, best].argmax(-1) + best * chunk
+    if n * chunk < vocab:  # the tail after the last whole chunk wins only if strictly larger
+        tail = x[:, n * chunk:]
+        tail_idx = tail.argmax(-1)
+        tail_max, head_max = tail[rows, tail_idx], x[rows, idx]
+        wins = (tail_max > head_max) | (tail_max.isnan() & ~head_max.isnan())
+        idx = torch.where(wins, tail_idx + n * chunk, idx)
+    return idx
 
 
 def torch_cat_ones(attention: torch.Tensor) -> torch.Tensor:
@@ -561,8 +599,7 @@ class PackedDecodeBatch(DecodeBatch):
             state.append(dict(t, attention=torch.nn.functional.pad(t["attention"], (width - cached, 0)),
                               positions=t["positions"] + 1, logits=logits[:b]))
         for j, ((rows, _), prompt_ids, (_, length, n)) in enumerate(zip(pending, prompts, segments)):
-            seen = torch.zeros((n, vocab), dtype=torch.bool, device=dev)
-            seen[:, prompt_ids.clamp(max=vocab - 1)] = True
+            seen = prompt_ids.clamp(max=vocab - 1).expand(n, -1)
             attention = torch.zeros((n, width), dtype=torch.bool, device=dev)
             attention[:, width - length:] = True
             state.append({
@@ -571,6 +608,9 @@ class PackedDecodeBatch(DecodeBatch):
                 **_settings_state(rows, dev),
             })
             self._rows.extend(rows)
+        wide = max(s["seen"].shape[1] for s in state)
+        for s in state:
+            s["seen"] = _pad_seen(s["seen"], wide)
         self._t = {name: torch.cat([s[name] for s in state]) for name in state[0]}
 
 

@@ -137,6 +137,47 @@ def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
             assert torch.allclose(joined[key], logits, atol=1e-4), key
 
 
+@pytest.mark.parametrize("penalty", [1.0, 1.5])
+def test_greedy_tokens_equal_hugging_face_generate(any_generator, penalty):
+    """The decoding loop (repetition penalty on each row's own prompt and output tokens, greedy
+    pick) chooses the tokens of transformers' own ``generate`` for the same model, batched."""
+    generator = any_generator
+    model, tok = generator.model, generator.tokenizer
+    settings = GenerationSettings(max_new_tokens=8, repetition_penalty=penalty)
+    ours = generator.open_batch()
+    ours.add([(p, settings, i) for i, p in enumerate(PROMPTS)])
+    rows = list(ours._rows)
+    while len(ours):
+        ours.step()
+    for prompt, row in zip(PROMPTS, rows):
+        ids = torch.tensor([tok(prompt)["input_ids"]])
+        with torch.inference_mode():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                 repetition_penalty=penalty, pad_token_id=generator._pad)[0, ids.shape[1]:].tolist()
+        cut = next((i for i, t in enumerate(ref) if t in generator._stop_ids), len(ref))
+        assert row.out == ref[:cut], prompt
+
+
+@pytest.mark.parametrize("vocab", [49152, 50257, 1000])
+def test_argmax_rows_equals_argmax(vocab):
+    """Greedy picks take each row's first largest logit (or its first NaN), as torch.argmax."""
+    from trainer.generation import argmax_rows
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        x = torch.randn(5, vocab, generator=gen)
+        if trial % 3 == 0:
+            x = x.mul(2).round()  # many ties, across and within chunks
+        if trial % 4 == 0:
+            x[1, torch.randint(0, vocab, (3,), generator=gen)] = float("nan")
+        if trial % 5 == 0:
+            x[2] = float("-inf")
+        if trial % 6 == 0:
+            x[3, -1] = 1e9  # the largest value in the last (partial) chunk
+        assert torch.equal(argmax_rows(x), x.argmax(-1)), trial
+        assert torch.equal(argmax_rows(x[:, :vocab - 7]), x[:, :vocab - 7].argmax(-1)), trial  # strided rows
+
+
 def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch):
     """Packed batches keep each layer's cache in a buffer with spare columns; with one spare column
     a plain step finds it full every other step and moves to a new buffer, and every request still
@@ -156,16 +197,18 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     """A batch that never empties (a request joins at every step) must not grow its cache
     forever: padding that no remaining row needs is dropped when rows leave."""
     generator = any_generator
-    batch, widths, done = generator.open_batch(), [], {}
+    batch, widths, seen, done = generator.open_batch(), [], [], {}
     prompts = [PROMPTS[1], PROMPTS[0], "Theme: tax\nHeadline:"]
     for i in range(40):
         batch.add([(prompts[i % 3], GenerationSettings(max_new_tokens=4 + i % 3), i)])
         done.update(batch.step())
         widths.append(_width(batch))
+        seen.append(batch._t["seen"].shape[1] if batch._t else 0)
     while len(batch):
         done.update(batch.step())
     longest = max(generator.count_tokens(p) for p in prompts) + 6 + 1
     assert max(widths) <= longest, widths
+    assert max(seen) <= longest, seen  # the seen-token ids of the repetition penalty likewise
     assert sorted(done) == list(range(40))
     alone = generator.generate([prompts[39 % 3]], GenerationSettings(max_new_tokens=4 + 39 % 3))[0]
     assert done[39].texts == alone.texts
