@@ -165,7 +165,8 @@ def load(port: int, make_request, concurrency: int, *, total: int | None = None,
     rps = rps_round = len(latencies) / elapsed
     answered.sort()
     k = concurrency
-    if total is not None and k > 1 and len(answered) >= 3 * k and answered[-k - 1] > answered[k - 1]:
+    # (Only without errors: a failed request has no answer time, and the window would shift.)
+    if total is not None and k > 1 and not errors[0] and len(answered) >= 3 * k and answered[-k - 1] > answered[k - 1]:
         rps = (len(answered) - 2 * k) / (answered[-k - 1] - answered[k - 1])
     return {"rps": rps, "rps_round": rps_round, "p50": pct(0.5), "p99": pct(0.99), "errors": errors[0],
             "n": len(latencies)}

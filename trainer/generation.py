@@ -311,9 +311,11 @@ class DecodeBatch:
             raise RuntimeError("this model's cache cannot take new rows while the batch is decoding")
         g = self._g
         admitted: list[tuple[list[_Row], list[int]]] = []
-        for prompt, settings, tag in items:
+        encoded = [g.tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt, _, _ in items]
+        if not all(encoded):  # checked before any is admitted: the batch is left as it was
+            raise TrainerError("a prompt encodes to no tokens: there is nothing to generate from")
+        for (_, settings, tag), ids in zip(items, encoded):
             settings = settings.effective()
-            ids = g.tokenizer(prompt, add_special_tokens=True)["input_ids"]
             request = _Request(tag, len(ids), left=settings.num_return)
             for k in range(settings.num_return):
                 rng = None
@@ -495,10 +497,13 @@ def _pad_seen(ids: torch.Tensor, width: int) -> torch.Tensor:
 def argmax_rows(x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """``x.argmax(-1)`` of logits (b, V): the same indices (each row's first largest value, or its
     first NaN), found through each chunk's maximum. On CPU argmax over a vocabulary costs ~75 us
-    per row, amax ~5: this is several times cheaper, and a decoding step calls it for every row."""
+    per row, amax ~5: this is several times cheaper, and a decoding step calls it for every row.
+    Small vocabularies (the tests' tiny models) are cut into 8 chunks at least, so that they
+    take this path too."""
     import torch
 
     b, vocab = x.shape
+    chunk = max(8, min(chunk, vocab // 8))
     n = vocab // chunk
     if n < 2 or x.device.type != "cpu" or x.stride(1) != 1:
         return x.argmax(-1)

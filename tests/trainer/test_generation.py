@@ -158,7 +158,7 @@ def test_greedy_tokens_equal_hugging_face_generate(any_generator, penalty):
         assert row.out == ref[:cut], prompt
 
 
-@pytest.mark.parametrize("vocab", [49152, 50257, 1000])
+@pytest.mark.parametrize("vocab", [49152, 50257, 1000, 512, 20])
 def test_argmax_rows_equals_argmax(vocab):
     """Greedy picks take each row's first largest logit (or its first NaN), as torch.argmax."""
     from trainer.generation import argmax_rows
@@ -176,6 +176,20 @@ def test_argmax_rows_equals_argmax(vocab):
             x[3, -1] = 1e9  # the largest value in the last (partial) chunk
         assert torch.equal(argmax_rows(x), x.argmax(-1)), trial
         assert torch.equal(argmax_rows(x[:, :vocab - 7]), x[:, :vocab - 7].argmax(-1)), trial  # strided rows
+
+
+def test_a_prompt_of_no_tokens_is_refused_and_the_batch_goes_on(any_generator):
+    generator = any_generator
+    batch = generator.open_batch()
+    batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=4), "a")])
+    batch.step()
+    with pytest.raises(TrainerError, match="no tokens"):
+        batch.add([(PROMPTS[1], GenerationSettings(), "b"), ("", GenerationSettings(), "c")])
+    assert len(batch) == 1  # neither request of the refused call was admitted
+    done = {}
+    while len(batch):
+        done.update(batch.step())
+    assert done["a"].texts == generator.generate([PROMPTS[0]], GenerationSettings(max_new_tokens=4))[0].texts
 
 
 def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch):
