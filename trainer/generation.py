@@ -228,8 +228,10 @@ class Generator:
         probs = torch.softmax(logits, dim=-1)
         if s.top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
-            # Drop a token when the tokens ranked above it already reach top_p.
+            # Drop a token when the tokens ranked above it already reach top_p; the most likely one
+            # always stays (a top_p below float32's smallest number would otherwise drop it too).
             drop = (sorted_p.cumsum(0) - sorted_p) >= s.top_p
+            drop[0] = False
             sorted_p[drop] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
         return torch.multinomial(probs.cpu(), 1, generator=gen)[0].to(logits.device)
@@ -477,12 +479,19 @@ class DecodeBatch:
         )
 
 
+# Sampling temperatures below this act as this: the logits are divided by the temperature in
+# float32, and a smaller one (any value > 0 is valid) would overflow them to inf and NaN. At 1e-4
+# sampling is greedy already unless the two best logits are within ~1e-3 of each other.
+MIN_TEMPERATURE = 1e-4
+
+
 def _settings_state(rows: list[_Row], dev) -> dict[str, torch.Tensor]:
     """The rows' "penalty" and "temperature" columns (b, 1) of a batch's state."""
     import torch
 
     return {"penalty": torch.tensor([r.settings.repetition_penalty for r in rows], device=dev).unsqueeze(1),
-            "temperature": torch.tensor([r.settings.temperature for r in rows], device=dev).unsqueeze(1)}
+            "temperature": torch.tensor([max(r.settings.temperature, MIN_TEMPERATURE) for r in rows],
+                                        device=dev).unsqueeze(1)}
 
 
 def _pad_seen(ids: torch.Tensor, width: int) -> torch.Tensor:

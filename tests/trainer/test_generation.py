@@ -269,6 +269,20 @@ def test_packed_prompt_with_several_headlines_runs_once(generator):
     assert fed[0] == gen.count_tokens(PROMPTS[0])
 
 
+@pytest.mark.parametrize("extreme", [{"top_p": 5e-324}, {"top_p": 1e-30, "temperature": 5.0},
+                                     {"temperature": 5e-324}, {"temperature": 1e-30, "top_k": 1}])
+def test_sampling_at_the_edges_of_the_valid_ranges(any_generator, extreme):
+    """Any top_p and temperature > 0 is valid input: the smallest sample (no 500 from an empty or
+    NaN distribution), repeatably with a seed; a top_p too small for any second token is greedy."""
+    generator = any_generator
+    settings = GenerationSettings(do_sample=True, seed=465, repetition_penalty=2.5, max_new_tokens=6, **extreme)
+    first = generator.generate(PROMPTS, settings)
+    assert [r.texts for r in first] == [r.texts for r in generator.generate(PROMPTS, settings)]
+    if extreme.get("top_p", 1) < 1e-20 or extreme.get("top_k") == 1:
+        greedy = generator.generate(PROMPTS, GenerationSettings(repetition_penalty=2.5, max_new_tokens=6))
+        assert [r.texts for r in first] == [r.texts for r in greedy]
+
+
 def test_seeds_repeat_and_differ(generator):
     s = GenerationSettings(do_sample=True, seed=5, temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=8)
     first = generator.generate([PROMPTS[0]], s)[0].texts
