@@ -58,6 +58,7 @@ equal ``F.linear``'s up to float rounding.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -318,12 +319,14 @@ def _int8_product(x, packed, bias=None):
 
 
 def _forward_packed(self, x):
+    """A layer served from packed weights: ``self._serve(x)``, its own product or its columns of a
+    stacked one (``_install``)."""
     import torch
     import torch.nn.functional as F
 
     if torch.is_grad_enabled():  # autograd needs the real parameter
         return F.linear(x, self.weight, self.bias)
-    return self._product(x, self._packed)
+    return self._serve(x)
 
 
 def _pack_int8(weight):
@@ -366,15 +369,6 @@ class _Stacked:
         if not state.left:  # all served: hold no activations between calls
             state.input = state.outputs = None
         return out
-
-
-def _forward_stacked(self, x):
-    import torch
-    import torch.nn.functional as F
-
-    if torch.is_grad_enabled():  # autograd needs the real parameter
-        return F.linear(x, self.weight, self.bias)
-    return self._stacked(self._stacked_index, x)
 
 
 def _sibling_names(names, suffix: str = "") -> list[list[str]]:
@@ -426,15 +420,13 @@ def _install(model, kind: str, pack, product, min_inputs: int = 1) -> bool:
         return False
     for names, weights in zip(units, packed):
         modules = [layers[n] for n in names]
-        if len(modules) == 1:
-            modules[0]._packed = weights
-            modules[0]._product = product
-            modules[0].forward = types.MethodType(_forward_packed, modules[0])
-            continue
-        stacked = _Stacked(modules, lambda x, w=weights: product(x, w))
+        own = functools.partial(product, packed=weights)
+        stacked = _Stacked(modules, own) if len(modules) > 1 else None
         for index, module in enumerate(modules):
-            module._stacked, module._stacked_index = stacked, index
-            module.forward = types.MethodType(_forward_stacked, module)
+            if stacked is not None:
+                module._stacked = stacked
+            module._serve = own if stacked is None else functools.partial(stacked, index)
+            module.forward = types.MethodType(_forward_packed, module)
     return True
 
 
