@@ -138,8 +138,9 @@ def load(port: int, make_request, concurrency: int, *, total: int | None = None,
                 sock = socket.create_connection(("127.0.0.1", port))
                 buf.clear()
             if ok:
-                mine.append(time.perf_counter() - t0)
-                mine_at.append(time.perf_counter())
+                now = time.perf_counter()
+                mine.append(now - t0)
+                mine_at.append(now)
             else:
                 with lock:
                     errors[0] += 1

@@ -371,8 +371,7 @@ class DecodeBatch:
             _merge_caches(self._cache, result.cache, width - L, width - T)
             old = dict(self._t, attention=torch.nn.functional.pad(self._t["attention"], (width - L, 0)))
             state["attention"] = torch.nn.functional.pad(attention, (width - T, 0))
-            wide = max(old["seen"].shape[1], T)
-            old["seen"], state["seen"] = _pad_seen(old["seen"], wide), _pad_seen(state["seen"], wide)
+            old["seen"], state["seen"] = _same_width([old["seen"], state["seen"]])
             state = {name: torch.cat([old[name], value]) for name, value in state.items()}
         self._t = state
         self._rows.extend(rows)
@@ -494,13 +493,14 @@ def _settings_state(rows: list[_Row], dev) -> dict[str, torch.Tensor]:
                                         device=dev).unsqueeze(1)}
 
 
-def _pad_seen(ids: torch.Tensor, width: int) -> torch.Tensor:
-    """Seen-token ids (b, S) left-padded to (b, width) with repeats of each row's first column."""
+def _same_width(seen: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Seen-token ids (b, S) of several row groups, each left-padded to the widest S with repeats
+    of its rows' first column (a repeat changes no penalty), so that they can be concatenated."""
     import torch
 
-    if ids.shape[1] >= width:
-        return ids
-    return torch.cat([ids[:, :1].expand(-1, width - ids.shape[1]), ids], dim=1)
+    wide = max(ids.shape[1] for ids in seen)
+    return [ids if ids.shape[1] == wide else torch.cat([ids[:, :1].expand(-1, wide - ids.shape[1]), ids], dim=1)
+            for ids in seen]
 
 
 def argmax_rows(x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -622,9 +622,8 @@ class PackedDecodeBatch(DecodeBatch):
                 **_settings_state(rows, dev),
             })
             self._rows.extend(rows)
-        wide = max(s["seen"].shape[1] for s in state)
-        for s in state:
-            s["seen"] = _pad_seen(s["seen"], wide)
+        for s, seen in zip(state, _same_width([s["seen"] for s in state])):
+            s["seen"] = seen
         self._t = {name: torch.cat([s[name] for s in state]) for name in state[0]}
 
 
