@@ -132,6 +132,11 @@ class Generator:
         # New requests' prompts ride in the running batch's steps where the model allows it
         # (``packed=False`` keeps the general path, for comparison).
         self._packed = packed and keep and packed_attention.enable(model)
+        # The fixed words that every prompt of a template starts with ("Theme:", "Category:",
+        # "Article:"), as token ids: their keys and values are the same in every such prompt, so
+        # packed steps compute them once per Generator (``_lead``) and feed only the rest.
+        self._leads = _template_leads(tokenizer, cfg.prompt) if self._packed else ()
+        self._lead_kv: dict[tuple[int, ...], tuple[list, list]] = {}
 
     # -- loading --------------------------------------------------------------
     @classmethod
@@ -212,6 +217,35 @@ class Generator:
             for i, result in batch.step():
                 results[i] = result
         return results
+
+    def _lead(self, ids: list[int]) -> tuple[list, list] | None:
+        """Keys and values (per layer, (1, kv_heads, P, d)) of the longest template lead that
+        ``ids`` starts with, leaving at least one token to feed; None when there is none.
+
+        A prompt's first P tokens attend only to each other, so their keys and values are the
+        same in every prompt that starts with them: computed on first use, then kept."""
+        import torch
+
+        from trainer.packed_attention import Packing
+
+        for lead in self._leads:
+            if len(lead) < len(ids) and tuple(ids[:len(lead)]) == lead:
+                break
+        else:
+            return None
+        held = self._lead_kv.get(lead)
+        if held is None:
+            P, dev = len(lead), self.device
+            packing = Packing(None, None, None, 0, [(0, P, 1, None)], P)
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([lead], device=dev),
+                           position_ids=torch.arange(P, device=dev).unsqueeze(0),
+                           attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev),
+                           use_cache=False, logits_to_keep=torch.tensor([P - 1], device=dev), packing=packing)
+            layers = range(len(packing.new_keys))
+            held = self._lead_kv[lead] = ([packing.new_keys[i][:, :, :P].clone() for i in layers],
+                                          [packing.new_values[i][:, :, :P].clone() for i in layers])
+        return held
 
     def open_batch(self) -> DecodeBatch:
         """An empty decoding batch that requests can join between steps (continuous batching)."""
@@ -592,12 +626,14 @@ class PackedDecodeBatch(DecodeBatch):
         offset = b
         prompts = [torch.tensor(prompt, dtype=torch.long, device=dev) for _, prompt in pending]
         for (rows, prompt), prompt_ids in zip(pending, prompts):
-            segments.append((offset, len(prompt), len(rows)))
-            ids.append(prompt_ids)
-            positions.append(torch.arange(len(prompt), device=dev))
-            offset += len(prompt)
+            lead = g._lead(prompt)  # its first P tokens' keys and values, computed once
+            P = lead[0][0].shape[2] if lead else 0
+            segments.append((offset, len(prompt), len(rows), lead))
+            ids.append(prompt_ids[P:])
+            positions.append(torch.arange(P, len(prompt), device=dev))
+            offset += len(prompt) - P
             last.append(offset - 1)
-        width = max([cached] + [length for _, length, _ in segments])
+        width = max([cached] + [length for _, length, _, _ in segments])
         packing = Packing(self._keys, self._values, mask, b, segments, width)
         result = g.model(input_ids=torch.cat(ids).unsqueeze(0), position_ids=torch.cat(positions).unsqueeze(0),
                          # A 4-D mask is passed through as is: the real masks are in ``packing``.
@@ -612,7 +648,7 @@ class PackedDecodeBatch(DecodeBatch):
         if b:
             state.append(dict(t, attention=torch.nn.functional.pad(t["attention"], (width - cached, 0)),
                               positions=t["positions"] + 1, logits=logits[:b]))
-        for j, ((rows, _), prompt_ids, (_, length, n)) in enumerate(zip(pending, prompts, segments)):
+        for j, ((rows, _), prompt_ids, (_, length, n, _)) in enumerate(zip(pending, prompts, segments)):
             seen = prompt_ids.clamp(max=vocab - 1).expand(n, -1)
             attention = torch.zeros((n, width), dtype=torch.bool, device=dev)
             attention[:, width - length:] = True
@@ -625,6 +661,28 @@ class PackedDecodeBatch(DecodeBatch):
         for s, seen in zip(state, _same_width([s["seen"] for s in state])):
             s["seen"] = seen
         self._t = {name: torch.cat([s[name] for s in state]) for name in state[0]}
+
+
+def _template_leads(tokenizer, prompt_cfg) -> tuple[tuple[int, ...], ...]:
+    """Token ids of the literal text each prompt template starts with, longest first. A lead is
+    used only for prompts whose ids start with exactly these (``Generator._lead``)."""
+    from string import Formatter
+
+    leads = set()
+    for template in vars(prompt_cfg).values():
+        if not isinstance(template, str):
+            continue
+        text = ""
+        for literal, field_name, _, _ in Formatter().parse(template):  # "{{" comes as its own literal
+            text += literal
+            if field_name is not None:
+                break
+        else:
+            continue  # no placeholder: not a template
+        ids = tuple(tokenizer(text.rstrip(), add_special_tokens=True)["input_ids"]) if text.strip() else ()
+        if ids:
+            leads.add(ids)
+    return tuple(sorted(leads, key=len, reverse=True))
 
 
 def _mergeable(cache) -> bool:

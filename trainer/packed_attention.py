@@ -40,8 +40,10 @@ class Packing:
 
     Each buffer may be wider than L: columns from L on are room for the next steps' keys.
     ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included.
-    ``segments``: (offset in the packed sequence, length, rows) of each new prompt; a prompt
-    asked for n headlines is run once and its keys are copied to its n rows.
+    ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
+    asked for n headlines is run once and its keys are copied to its n rows. ``lead`` (or None):
+    per layer, the keys and values (1, kv_heads, P, d) of the prompt's first P tokens, computed
+    once (``Generator._lead``): only its other ``length`` - P tokens are in the packed sequence.
     After the call ``new_keys``/``new_values`` hold every row's cache, decoding rows first,
     left-padded to ``width`` (its first ``width`` columns; the buffers have room beyond).
     """
@@ -50,7 +52,7 @@ class Packing:
     values: list | None
     mask: torch.Tensor | None
     rows: int
-    segments: list[tuple[int, int, int]]
+    segments: list[tuple[int, int, int, tuple[list, list] | None]]
     width: int
     new_keys: dict = field(default_factory=dict)
     new_values: dict = field(default_factory=dict)
@@ -71,7 +73,7 @@ class Packing:
         if reuse:
             keys, values = self.keys[layer], self.values[layer]
         else:
-            rows = b + sum(n for _, _, n in self.segments)
+            rows = b + sum(n for _, _, n, _ in self.segments)
             keys = key.new_zeros((rows, kv_heads, width + SPARE, d))
             values = value.new_zeros((rows, kv_heads, width + SPARE, d))
         outs = []
@@ -89,12 +91,19 @@ class Packing:
                        scale=scale)  # (b, kv_heads, group, d)
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
         row = b
-        for offset, length, rows in self.segments:
-            k = key[:, :, offset:offset + length]
-            v = value[:, :, offset:offset + length]
+        for offset, length, rows, lead in self.segments:
+            fed = length - (lead[0][layer].shape[2] if lead else 0)
+            k = key[:, :, offset:offset + fed]
+            v = value[:, :, offset:offset + fed]
+            mask = None
+            if lead:  # the prompt's first tokens come from the lead: its fed tokens attend to them too
+                k = torch.cat([lead[0][layer], k], dim=2)
+                v = torch.cat([lead[1][layer], v], dim=2)
+                mask = torch.ones((fed, length), dtype=torch.bool, device=k.device).tril(length - fed)
             kq, vq = (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if group > 1 else (k, v)
-            out = sdpa(query[:, :, offset:offset + length], kq, vq, is_causal=True, scale=scale)
-            outs.append(out[0])  # (H, length, d)
+            out = sdpa(query[:, :, offset:offset + fed], kq, vq, attn_mask=mask, is_causal=mask is None,
+                       scale=scale)
+            outs.append(out[0])  # (H, fed, d)
             keys[row:row + rows, :, width - length:width] = k
             values[row:row + rows, :, width - length:width] = v
             row += rows

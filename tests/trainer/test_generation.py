@@ -259,6 +259,8 @@ def test_step_reports_finished_requests_before_its_model_call(any_generator):
 def test_packed_prompt_with_several_headlines_runs_once(generator):
     """A request for n headlines puts its prompt in the packed step once, not n times."""
     gen = generator
+    ids = gen.tokenizer(PROMPTS[0])["input_ids"]
+    lead = gen._lead(ids)  # computed here if no test before did: the step below feeds the rest
     fed = []
     hook = gen.model.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(i[0].numel()))
     try:
@@ -266,7 +268,52 @@ def test_packed_prompt_with_several_headlines_runs_once(generator):
     finally:
         hook.remove()
     assert len(out.texts) == 3
-    assert fed[0] == gen.count_tokens(PROMPTS[0])
+    assert lead is not None and fed[0] == len(ids) - lead[0][0].shape[2]
+
+
+def test_template_leads_are_computed_once_and_change_nothing(any_generator):
+    """The words a template starts with ("Theme:", "Category:", "Article:") are run once per
+    Generator; prompts that start with them feed only the rest, and get the tokens and, at every
+    step, the logits they get when each prompt is run whole."""
+    gen = any_generator
+    assert not gen._packed or {gen.tokenizer.decode(lead) for lead in gen._leads} == {"Theme:", "Category:", "Article:"}
+    items = [(p, GenerationSettings(max_new_tokens=6, repetition_penalty=1.3), i) for i, p in enumerate(PROMPTS)]
+    items.append(("Headlines: no template lead here", GenerationSettings(max_new_tokens=4), "raw"))
+    items.append(("Theme:", GenerationSettings(max_new_tokens=4), "lead only"))  # nothing left to feed
+
+    def run(leads):
+        gen._leads, saved = leads, gen._leads
+        log, done = {}, {}
+        try:
+            batch = gen.open_batch()
+            batch.add(items[:2])
+            _trace(batch, log)
+            done.update(batch.step())
+            batch.add(items[2:])  # joining a running batch, with and without a lead
+            while len(batch):
+                _trace(batch, log)
+                done.update(batch.step())
+        finally:
+            gen._leads = saved
+        return log, done
+
+    gen._lead_kv.clear()
+    with_leads, done = run(gen._leads)
+    assert len(gen._lead_kv) == (2 if gen._packed else 0)  # "Theme:" and "Category:", once each
+    whole, done_whole = run(())
+    assert {tag: r.texts for tag, r in done.items()} == {tag: r.texts for tag, r in done_whole.items()}
+    assert with_leads.keys() == whole.keys()
+    for key, logits in whole.items():
+        assert torch.allclose(with_leads[key], logits, atol=1e-4), key
+
+
+def test_template_leads_come_from_the_configured_templates(generator):
+    from trainer.generation import _template_leads
+
+    prompt_cfg = load_config().prompt.model_copy(update={
+        "theme_template": "{{Brief}} Topic: {theme}\nHeadline:", "article_template": "{article}\nHeadline:"})
+    leads = {generator.tokenizer.decode(lead) for lead in _template_leads(generator.tokenizer, prompt_cfg)}
+    assert leads == {"{Brief} Topic:", "Category:"}  # literal braces unescaped; no lead before {article}
 
 
 @pytest.mark.parametrize("extreme", [{"top_p": 5e-324}, {"top_p": 1e-30, "temperature": 5.0},
