@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -286,23 +287,46 @@ def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, se
         "round_ratios": ratios}
 
 
-def batch_histogram(apis) -> tuple[float, float]:
-    """(sum, count) of the instances' ``headline_batch_size`` histograms: requests in the batch
-    at each decoding step, and the steps."""
+def instance_counters(apis) -> tuple[float, float, float]:
+    """The instances' ``headline_batch_size`` histogram (sum, count): requests in the batch at each
+    decoding step, and the steps; and ``headline_generated_tokens_total``."""
     from bench.stack import http_get
 
-    total = count = 0.0
+    total = count = tokens = 0.0
     for api in apis:
         for line in http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode().splitlines():
             if line.startswith("headline_batch_size_sum"):
                 total += float(line.split()[-1])
             elif line.startswith("headline_batch_size_count"):
                 count += float(line.split()[-1])
-    return total, count
+            elif line.startswith("headline_generated_tokens_total"):
+                tokens += float(line.split()[-1])
+    return total, count, tokens
+
+
+def sample_themes() -> list[str]:
+    """What users send: themes of the shipped sample news (or config data.source), built by the
+    trainer's ThemeBuilder as for training ("oil opec cuts"): 9-11 prompt tokens with the
+    template. Distinct, so that requests in flight together never share a generation."""
+    from config import load_config
+    from trainer.data import load_articles
+    from trainer.themes import ThemeBuilder
+
+    articles, _ = load_articles(load_config().data)
+    return list(dict.fromkeys(ThemeBuilder().fit(articles).themes(articles)))
+
+
+def theme_source(kind: str):
+    """(tag, i) -> the theme of request i of a round. "numbered": the earlier bench's
+    "market news <round> <i>" (16 prompt tokens: the digits are a token each)."""
+    if kind == "numbered":
+        return lambda tag, i: f"market news {tag} {i}"
+    pool = sample_themes()
+    return lambda tag, i: pool[(zlib.crc32(tag.encode()) + i) % len(pool)]  # each round its own stretch
 
 
 def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, max_new_tokens: int,
-               requests: int) -> dict:
+               requests: int, themes) -> dict:
     stacks = {}
     for batching in (True, False):
         cfg = write_config(work / f"miss-{batching}.yml", model, redis_url, batching)
@@ -311,12 +335,14 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
     def themed(tag: str):
         """Request i of a load: a theme of its own, so that every request generates. Both sides of
         a round get the same themes (tag): the same work, since headlines differ in length."""
-        return lambda i: http_request("/v1/headlines", {"theme": f"market news {tag} {i}",
+        return lambda i: http_request("/v1/headlines", {"theme": themes(tag, i),
                                                         "max_new_tokens": max_new_tokens},
                                       {"Cache-Control": "no-cache"})
 
     results = {(b, c): [] for b in (True, False) for c in (1, 8)}
-    batch_sum = batch_steps = 0.0  # requests in the batch summed over decoding steps, and the steps
+    # Over the batching side's concurrency-8 rounds: requests in the batch summed over decoding
+    # steps, the steps, the tokens generated and the headlines answered.
+    batch_sum = batch_steps = tokens = headlines = 0.0
     with stacks[True] as on, stacks[False] as off:
         ports = {True: on.port, False: off.port}
         for port in ports.values():
@@ -329,17 +355,20 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                 order = (True, False) if r % 2 == 0 else (False, True)
                 for batching in order:
                     counted = batching and conc == 8
-                    before = batch_histogram(on.apis) if counted else None
+                    before = instance_counters(on.apis) if counted else None
                     res = load(ports[batching], themed(f"{r}-{conc}"), conc, total=total)
-                    if counted:  # the batching instances' own histogram, over these rounds only
-                        after = batch_histogram(on.apis)
+                    if counted:  # the batching instances' own metrics, over these rounds only
+                        after = instance_counters(on.apis)
                         batch_sum += after[0] - before[0]
                         batch_steps += after[1] - before[1]
+                        tokens += after[2] - before[2]
+                        headlines += res["n"]
                     results[batching, conc].append(res)
                     print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s "
                           f"(whole round {res['rps_round']:.2f}), "
                           f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
-    out = {"mean_batch_size": batch_sum / batch_steps if batch_steps else float("nan")}
+    out = {"mean_batch_size": batch_sum / batch_steps if batch_steps else float("nan"),
+           "tokens_per_headline": tokens / headlines if headlines else float("nan")}
     for conc in (1, 8):
         summary = {}
         for batching in (True, False):
@@ -385,6 +414,9 @@ def main() -> int:
                     help="alternating rounds of the cache-miss comparison (each: concurrency 1, then 8)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--miss-requests", type=int, default=64, help="requests per cache-miss round at concurrency 8")
+    ap.add_argument("--themes", choices=("sample", "numbered"), default="sample",
+                    help="cache-miss requests' themes: built from the sample news as for training "
+                         "(default), or the earlier 'market news <round> <i>'")
     ap.add_argument("--cold-repeats", type=int, default=3)
     ap.add_argument("--skip-hit", action="store_true")
     ap.add_argument("--skip-miss", action="store_true")
@@ -414,7 +446,7 @@ def main() -> int:
             results["hit"] = bench_hit(work, env, model, redis_server.url, args.rounds, args.hit_seconds)
         if not args.skip_miss:
             results["miss"] = bench_miss(work, env, model, redis_server.url, args.miss_rounds,
-                                         args.max_new_tokens, args.miss_requests)
+                                         args.max_new_tokens, args.miss_requests, theme_source(args.themes))
         if not args.skip_cold:
             results["cold"] = bench_cold(work, env, model, redis_server.url, args.cold_repeats)
         results["load_after"] = loadavg()
@@ -447,14 +479,15 @@ def print_table(results: dict, args) -> None:
               f"| {h['ratio']:.1%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
               f"| >= 80% | {a['errors'] + b['errors']} |")
     for conc, m in results.get("miss", {}).items():
-        if conc == "mean_batch_size":
+        if conc in ("mean_batch_size", "tokens_per_headline"):
             continue
         on, off = m["on"], m["off"]
         print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
               f"| {on['p50']:.0f} / {on['p99']:.0f} ms | no batching: {off['rps']:.2f} headlines/s, "
               f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x (rounds "
               f"{min(m['round_ratios']):.2f}-{max(m['round_ratios']):.2f}x"
-              + (f", mean batch {results['miss']['mean_batch_size']:.1f}; whole rounds, drain included: "
+              + (f", mean batch {results['miss']['mean_batch_size']:.1f}, "
+                 f"{results['miss']['tokens_per_headline']:.1f} tokens a headline; whole rounds, drain included: "
                  f"{m['ratio_round']:.2f}x)" if conc == 8 else ")")
               + f" | {'>= 3x' if conc == 8 else '-'} "
               f"| {on['errors'] + off['errors']} |")
