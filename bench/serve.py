@@ -312,8 +312,9 @@ def sample_themes() -> list[str]:
     from trainer.data import load_articles
     from trainer.themes import ThemeBuilder
 
-    articles, _ = load_articles(load_config().data)
-    return list(dict.fromkeys(ThemeBuilder().fit(articles).themes(articles)))
+    cfg = load_config()
+    articles, _ = load_articles(cfg.data)
+    return list(dict.fromkeys(ThemeBuilder(cfg.prompt.theme_keywords).fit(articles).themes(articles)))
 
 
 def theme_source(kind: str):

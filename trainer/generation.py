@@ -238,14 +238,22 @@ class Generator:
             P, dev = len(lead), self.device
             packing = Packing(None, None, None, 0, [(0, P, 1, None)], P)
             with torch.inference_mode():
-                self.model(input_ids=torch.tensor([lead], device=dev),
-                           position_ids=torch.arange(P, device=dev).unsqueeze(0),
-                           attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev),
-                           use_cache=False, logits_to_keep=torch.tensor([P - 1], device=dev), packing=packing)
+                self._packed_call(torch.tensor(lead, device=dev), torch.arange(P, device=dev), [P - 1], packing)
             layers = range(len(packing.new_keys))
             held = self._lead_kv[lead] = ([packing.new_keys[i][:, :, :P].clone() for i in layers],
                                           [packing.new_values[i][:, :, :P].clone() for i in layers])
         return held
+
+    def _packed_call(self, ids: torch.Tensor, positions: torch.Tensor, last: list[int], packing):
+        """One model call on a packed sequence (``ids``, ``positions``: (S,)) with its ``packing``
+        (trainer.packed_attention); logits only at the positions ``last``."""
+        import torch
+
+        dev = self.device
+        return self.model(input_ids=ids.unsqueeze(0), position_ids=positions.unsqueeze(0),
+                          # A 4-D mask is passed through as is: the real masks are in ``packing``.
+                          attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev),
+                          use_cache=False, logits_to_keep=torch.tensor(last, device=dev), packing=packing)
 
     def open_batch(self) -> DecodeBatch:
         """An empty decoding batch that requests can join between steps (continuous batching)."""
@@ -635,10 +643,7 @@ class PackedDecodeBatch(DecodeBatch):
             last.append(offset - 1)
         width = max([cached] + [length for _, length, _, _ in segments])
         packing = Packing(self._keys, self._values, mask, b, segments, width)
-        result = g.model(input_ids=torch.cat(ids).unsqueeze(0), position_ids=torch.cat(positions).unsqueeze(0),
-                         # A 4-D mask is passed through as is: the real masks are in ``packing``.
-                         attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev),
-                         use_cache=False, logits_to_keep=torch.tensor(last, device=dev), packing=packing)
+        result = g._packed_call(torch.cat(ids), torch.cat(positions), last, packing)
         logits = result.logits[0, :, :vocab].float()  # (b + new prompts, V)
         layers = len(packing.new_keys)
         self._keys = [packing.new_keys[i] for i in range(layers)]

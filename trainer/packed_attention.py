@@ -56,6 +56,19 @@ class Packing:
     width: int
     new_keys: dict = field(default_factory=dict)
     new_values: dict = field(default_factory=dict)
+    lead_masks: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        """The attention mask (fed, length) of each segment with a lead: its fed tokens see the
+        lead and the tokens before them. The same in every layer, so made once per call."""
+        import torch
+
+        self.lead_masks = {}
+        for i, (_, length, _, lead) in enumerate(self.segments):
+            if lead:
+                P = lead[0][0].shape[2]
+                self.lead_masks[i] = torch.ones((length - P, length), dtype=torch.bool,
+                                                device=lead[0][0].device).tril(P)
 
     def attend(self, layer: int, query, key, value, scale: float | None):
         """query (1, H, S, d), key/value (1, kv_heads, S, d) of the packed sequence -> (1, S, H, d)."""
@@ -91,15 +104,14 @@ class Packing:
                        scale=scale)  # (b, kv_heads, group, d)
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
         row = b
-        for offset, length, rows, lead in self.segments:
-            fed = length - (lead[0][layer].shape[2] if lead else 0)
+        for i, (offset, length, rows, lead) in enumerate(self.segments):
+            mask = self.lead_masks.get(i)
+            fed = length if mask is None else mask.shape[0]
             k = key[:, :, offset:offset + fed]
             v = value[:, :, offset:offset + fed]
-            mask = None
             if lead:  # the prompt's first tokens come from the lead: its fed tokens attend to them too
                 k = torch.cat([lead[0][layer], k], dim=2)
                 v = torch.cat([lead[1][layer], v], dim=2)
-                mask = torch.ones((fed, length), dtype=torch.bool, device=k.device).tril(length - fed)
             kq, vq = (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if group > 1 else (k, v)
             out = sdpa(query[:, :, offset:offset + fed], kq, vq, attn_mask=mask, is_causal=mask is None,
                        scale=scale)
