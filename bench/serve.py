@@ -287,21 +287,34 @@ def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, se
         "round_ratios": ratios}
 
 
-def instance_counters(apis) -> tuple[float, float, float]:
-    """The instances' ``headline_batch_size`` histogram (sum, count): requests in the batch at each
-    decoding step, and the steps; and ``headline_generated_tokens_total``."""
+COUNTERS = {  # the instances' metrics that the cache-miss rounds read, summed over instances
+    "batch_sum": "headline_batch_size_sum",  # requests in the batch summed over decoding steps
+    "batch_steps": "headline_batch_size_count",  # decoding steps
+    "tokens": "headline_generated_tokens_total",
+    "refill_filled": 'headline_refill_wait_seconds_count{outcome="filled"}',  # refill waits, by outcome
+    "refill_expired": 'headline_refill_wait_seconds_count{outcome="expired"}',
+    "refill_seconds": "headline_refill_wait_seconds_sum",  # (both outcomes' lines)
+}
+
+
+def read_counters(metrics_text: str) -> dict[str, float]:
+    """``COUNTERS`` in one /metrics text (Prometheus exposition format); a metric that a bare
+    name stands for is summed over its labels."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for line in metrics_text.splitlines():
+        name, _, value = line.rpartition(" ")
+        for key, metric in COUNTERS.items():
+            if name == metric or (name.startswith(metric + "{") and "{" not in metric):
+                out[key] += float(value)
+    return out
+
+
+def instance_counters(apis) -> dict[str, float]:
+    """``COUNTERS`` read off the instances' /metrics, each summed over the instances."""
     from bench.stack import http_get
 
-    total = count = tokens = 0.0
-    for api in apis:
-        for line in http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode().splitlines():
-            if line.startswith("headline_batch_size_sum"):
-                total += float(line.split()[-1])
-            elif line.startswith("headline_batch_size_count"):
-                count += float(line.split()[-1])
-            elif line.startswith("headline_generated_tokens_total"):
-                tokens += float(line.split()[-1])
-    return total, count, tokens
+    texts = [read_counters(http_get(f"http://127.0.0.1:{api.port}/metrics")[1].decode()) for api in apis]
+    return {key: sum(t[key] for t in texts) for key in COUNTERS}
 
 
 def sample_themes() -> list[str]:
@@ -343,7 +356,8 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
     results = {(b, c): [] for b in (True, False) for c in (1, 8)}
     # Over the batching side's concurrency-8 rounds: requests in the batch summed over decoding
     # steps, the steps, the tokens generated and the headlines answered.
-    batch_sum = batch_steps = tokens = headlines = 0.0
+    counted_sum = dict.fromkeys(COUNTERS, 0.0)
+    headlines = 0
     with stacks[True] as on, stacks[False] as off:
         ports = {True: on.port, False: off.port}
         for port in ports.values():
@@ -360,16 +374,22 @@ def bench_miss(work: Path, env: dict, model: str, redis_url: str, rounds: int, m
                     res = load(ports[batching], themed(f"{r}-{conc}"), conc, total=total)
                     if counted:  # the batching instances' own metrics, over these rounds only
                         after = instance_counters(on.apis)
-                        batch_sum += after[0] - before[0]
-                        batch_steps += after[1] - before[1]
-                        tokens += after[2] - before[2]
+                        for key in counted_sum:
+                            counted_sum[key] += after[key] - before[key]
                         headlines += res["n"]
                     results[batching, conc].append(res)
                     print(f"miss round {r + 1} batching={batching} conc={conc}: {res['rps']:.2f} headlines/s "
                           f"(whole round {res['rps_round']:.2f}), "
                           f"p50 {res['p50']:.0f} ms, errors {res['errors']}", flush=True)
-    out = {"mean_batch_size": batch_sum / batch_steps if batch_steps else float("nan"),
-           "tokens_per_headline": tokens / headlines if headlines else float("nan")}
+    c = counted_sum
+    refills = c["refill_filled"] + c["refill_expired"]
+    out = {"mean_batch_size": c["batch_sum"] / c["batch_steps"] if c["batch_steps"] else float("nan"),
+           "tokens_per_headline": c["tokens"] / headlines if headlines else float("nan"),
+           # Steps that waited for new requests after others finished (service.batching.refill_ms):
+           # per headline, the share in which they came, and the mean wait.
+           "refills_per_headline": refills / headlines if headlines else float("nan"),
+           "refills_filled": c["refill_filled"] / refills if refills else float("nan"),
+           "refill_wait_ms": 1000 * c["refill_seconds"] / refills if refills else float("nan")}
     for conc in (1, 8):
         summary = {}
         for batching in (True, False):
@@ -461,6 +481,14 @@ def main() -> int:
     return 0
 
 
+def refills(miss: dict) -> str:
+    """The batching side's refill waits (service.batching.refill_ms), when there were any."""
+    if not miss["refills_per_headline"] > 0:
+        return ""
+    return (f", refill waits {miss['refills_per_headline']:.2f} a headline, {miss['refills_filled']:.0%} filled, "
+            f"{miss['refill_wait_ms']:.1f} ms on average")
+
+
 def print_table(results: dict, args) -> None:
     from bench.machine import cpu_name  # here, not at the top: Gunicorn imports this module as bench.serve
 
@@ -480,7 +508,7 @@ def print_table(results: dict, args) -> None:
               f"| {h['ratio']:.1%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
               f"| >= 80% | {a['errors'] + b['errors']} |")
     for conc, m in results.get("miss", {}).items():
-        if conc in ("mean_batch_size", "tokens_per_headline"):
+        if conc not in (1, 8):  # the batching side's counters
             continue
         on, off = m["on"], m["off"]
         print(f"| Cache miss, {args.max_new_tokens} new tokens, concurrency {conc} | {on['rps']:.2f} headlines/s "
@@ -488,7 +516,8 @@ def print_table(results: dict, args) -> None:
               f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x (rounds "
               f"{min(m['round_ratios']):.2f}-{max(m['round_ratios']):.2f}x"
               + (f", mean batch {results['miss']['mean_batch_size']:.1f}, "
-                 f"{results['miss']['tokens_per_headline']:.1f} tokens a headline; whole rounds, drain included: "
+                 f"{results['miss']['tokens_per_headline']:.1f} tokens a headline{refills(results['miss'])}; "
+                 "whole rounds, drain included: "
                  f"{m['ratio_round']:.2f}x)" if conc == 8 else ")")
               + f" | {'>= 3x' if conc == 8 else '-'} "
               f"| {on['errors'] + off['errors']} |")

@@ -200,6 +200,8 @@ class Nginx:
     def start(self) -> Nginx:
         conf = self.render()
         binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed: run `make system-deps` (apt-get install nginx)")
         err = str(self.prefix / "error.log")
         check = subprocess.run([binary, "-t", "-q", "-p", str(self.prefix), "-c", str(conf), "-e", err],
                                capture_output=True, text=True)

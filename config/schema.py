@@ -196,6 +196,7 @@ class CacheConfig(Section):
 class BatchingConfig(Section):
     enabled: bool = True
     window_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    refill_ms: float = Field(10.0, ge=0.0, le=1000.0)
     max_batch_size: int = Field(8, ge=1, le=128)
 
 

@@ -12,7 +12,11 @@ One generation thread owns the model and runs in one of two ways:
   request can join one step sooner. A request arriving while
   others decode starts at the next step (tens of ms) instead of waiting for the
   whole batch to finish, so the batch stays full under steady load. When the
-  batch is empty the first job waits up to ``window_ms`` for company.
+  batch is empty the first job waits up to ``window_ms`` for company. When
+  requests finish while others go on, the step waits up to ``refill_ms``
+  before its model call for as many new requests as left: a client that
+  sends its next request on its answer is then in that model call, not the
+  next one (``DecodeBatch.step``'s ``refill``).
 - Static (only ``generate`` given): take the first job, wait up to ``window_ms``
   for more, split them into groups that run well together (``group_key``) and
   call ``generate(prompts, settings_list)`` once per group.
@@ -73,19 +77,23 @@ class MicroBatcher:
         *,
         open_batch: OpenBatchFn | None = None,
         window_ms: float = 10.0,
+        refill_ms: float = 0.0,
         max_batch_size: int = 8,
         group_key: Callable[[Any], Hashable] = one_group,
         on_batch: Callable[[int], None] | None = None,
         on_queue_wait: Callable[[float], None] | None = None,
+        on_refill: Callable[[float, bool], None] | None = None,
         name: str = "headline-batcher",
     ):
         self._generate = generate
         self._open_batch = open_batch if max_batch_size > 1 else None
         self.window_s = max(0.0, window_ms) / 1000.0
+        self.refill_s = max(0.0, refill_ms) / 1000.0
         self.max_batch_size = max(1, int(max_batch_size))
         self._group_key = group_key
         self._on_batch = on_batch or (lambda n: None)
         self._on_queue_wait = on_queue_wait or (lambda s: None)
+        self._on_refill = on_refill or (lambda s, filled: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = threading.Event()
         self.batches = 0  # batches started (static) or steps decoded (continuous); read by tests
@@ -152,8 +160,57 @@ class MicroBatcher:
             inflight.discard(job)
             job.future.set_result(result)
 
-        while True:
+        def take(wanted: int = 0, wait_s: float = 0.0) -> list[_Job]:
+            """Queued jobs, as many as the batch has room for; for the first ``wanted`` of them
+            wait up to ``wait_s`` in all."""
+            nonlocal closing
             jobs: list[_Job] = []
+            deadline = time.perf_counter() + wait_s
+            while len(inflight) + len(jobs) < self.max_batch_size:
+                remaining = deadline - time.perf_counter() if len(jobs) < wanted else 0.0
+                try:
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:  # close(): finish the batch, take nothing new
+                    closing = True
+                    break
+                jobs.append(job)
+            return jobs
+
+        def admit(jobs: list[_Job]) -> None:
+            nonlocal batch
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if not jobs:
+                return
+            started = time.perf_counter()
+            for job in jobs:
+                self._on_queue_wait(started - job.enqueued)
+            try:  # add() changes the batch only once the new prompts are taken (tokenized, or prefilled)
+                if batch is None:
+                    batch = self._open_batch()
+                batch.add([(j.prompt, j.settings, j) for j in jobs])
+            except BaseException as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
+                log.exception("could not add %d new requests to the batch", len(jobs))
+                for job in jobs:
+                    job.future.set_exception(exc)
+            else:
+                inflight.update(jobs)
+
+        def refill(finished: int) -> None:
+            """Requests just left a batch that goes on, mid-step. A client that sends its next
+            request as soon as it has its answer is a few milliseconds away: wait up to
+            ``refill_ms`` for as many new requests as left, so that they run in this step's model
+            call, in the rows left free, rather than one step later."""
+            if closing:
+                return
+            started = time.perf_counter()
+            jobs = take(finished, self.refill_s)
+            self._on_refill(time.perf_counter() - started,
+                            len(jobs) >= finished or len(inflight) + len(jobs) >= self.max_batch_size)
+            admit(jobs)
+
+        while True:
             if not inflight:
                 if closing:
                     break
@@ -161,38 +218,15 @@ class MicroBatcher:
                 if first is None:
                     break
                 batch = None
-                jobs = self._collect(first)
+                admit(self._collect(first))
             elif batch.can_join and not closing:
-                while len(inflight) + len(jobs) < self.max_batch_size:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:  # close(): finish the batch, take nothing new
-                        closing = True
-                        break
-                    jobs.append(job)
-            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            if jobs:
-                started = time.perf_counter()
-                for job in jobs:
-                    self._on_queue_wait(started - job.enqueued)
-                try:  # add() changes the batch only once the new prompts are taken (tokenized, or prefilled)
-                    if batch is None:
-                        batch = self._open_batch()
-                    batch.add([(j.prompt, j.settings, j) for j in jobs])
-                except BaseException as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
-                    log.exception("could not add %d new requests to the batch", len(jobs))
-                    for job in jobs:
-                        job.future.set_exception(exc)
-                else:
-                    inflight.update(jobs)
+                admit(take())
             if not inflight:
                 continue
             try:
                 self._on_batch(len(inflight))
                 self.batches += 1
-                batch.step(on_done=answer)
+                batch.step(on_done=answer, refill=refill if self.refill_s > 0 else None)
             except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
                 log.exception("generation failed for a batch of %d", len(inflight))
                 for job in inflight:

@@ -68,9 +68,12 @@ class Engine:
             open_batch=getattr(generator, "open_batch", None),
             # Off = one request per model call, still on the one generation thread.
             window_ms=b.window_ms if b.enabled else 0.0,
+            refill_ms=b.refill_ms if b.enabled else 0.0,
             max_batch_size=b.max_batch_size if b.enabled else 1,
             on_batch=metrics.BATCH_SIZE.observe,
             on_queue_wait=metrics.QUEUE_WAIT.observe,
+            on_refill=lambda seconds, filled: metrics.REFILL_WAIT.labels(
+                "filled" if filled else "expired").observe(seconds),
         )
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "INFLIGHT",
     "MODEL_READY",
     "QUEUE_WAIT",
+    "REFILL_WAIT",
     "REQUESTS",
     "REQUEST_LATENCY",
     "cache_event",
@@ -62,6 +63,13 @@ BATCH_SIZE = Histogram(
 QUEUE_WAIT = Histogram(
     "headline_queue_wait_seconds", "Time a request waited in the batching queue before it joined a batch.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REFILL_WAIT = Histogram(
+    "headline_refill_wait_seconds",
+    "Time a decoding step waited, after requests finished while others went on, for new requests to "
+    "take their rows (service.batching.refill_ms), by outcome: filled (as many came as left, or "
+    "the batch is full) or expired (the wait ran out).",
+    ["outcome"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
 )
 # Gauges need a multiprocess mode: live workers only, summed or as the minimum.
 INFLIGHT = Gauge(

@@ -229,7 +229,8 @@ def register_views(api: Api, engine: Engine) -> None:
 
         @ops.response(200, ReadySchema, example={"status": "ready", "redis": "ok", "model": {
             "name": "smollm2-135m-instruct", "run": None, "version": "3f2a9c0d81be"},
-            "batching": {"enabled": True, "window_ms": 10.0, "max_batch_size": 8, "queue": 0}})
+            "batching": {"enabled": True, "window_ms": 0.0, "refill_ms": 10.0, "max_batch_size": 8,
+                         "queue": 0}})
         @_documented_errors(ops, 503)
         def get(self):
             """Model loaded and warmed (200); Redis reachable, or status degraded
@@ -249,7 +250,7 @@ def register_views(api: Api, engine: Engine) -> None:
             b = engine.cfg.service.batching
             return {"status": "degraded" if redis_state == "unavailable" else "ready",
                     "model": host.generator.info, "redis": redis_state,
-                    "batching": {"enabled": b.enabled, "window_ms": b.window_ms,
+                    "batching": {"enabled": b.enabled, "window_ms": b.window_ms, "refill_ms": b.refill_ms,
                                  "max_batch_size": b.max_batch_size,
                                  "queue": engine.batcher.queue_depth() if engine.batcher else 0}}
 

@@ -418,12 +418,21 @@ class DecodeBatch:
         self._t = state
         self._rows.extend(rows)
 
-    def step(self, on_done: Callable[[Any, Generation], None] | None = None) -> list[tuple[Any, Generation]]:
+    # Whether requests added between a step's pick and its model call (``step``'s ``refill``)
+    # run in that model call: only where ``add`` merely queues them for the next call.
+    joins_mid_step = False
+
+    def step(self, on_done: Callable[[Any, Generation], None] | None = None,
+             refill: Callable[[int], None] | None = None) -> list[tuple[Any, Generation]]:
         """One token for every active row; returns ``(tag, Generation)`` of requests that finished.
 
         A request is finished once its last token is chosen, before the step's model call (which
         only feeds the rows that go on): ``on_done(tag, result)`` hears of each one then, a model
-        call earlier than the return value does. The service answers its clients from it."""
+        call earlier than the return value does. The service answers its clients from it.
+
+        ``refill(finished)`` is called next, before the model call, when requests finished and
+        others go on (``joins_mid_step`` batches only): what it ``add`` s runs in this step's model
+        call, in the rows that the finished requests left, instead of a step later."""
         import torch
 
         with torch.inference_mode():
@@ -431,6 +440,8 @@ class DecodeBatch:
             if on_done is not None:
                 for tag, result in done:
                     on_done(tag, result)
+            if refill is not None and done and self._rows and self.joins_mid_step:
+                refill(len(done))
             self._forward(next_ids)
         return done
 
@@ -588,6 +599,8 @@ class PackedDecodeBatch(DecodeBatch):
     The cache is the batch's own: per layer, keys and values (b, kv_heads, L, d),
     left-padded, with ``attention`` (b, L) marking each row's real positions.
     """
+
+    joins_mid_step = True  # add() only queues a prompt for the next model call
 
     def __init__(self, generator: Generator):
         super().__init__(generator)

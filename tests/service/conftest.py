@@ -65,8 +65,8 @@ class CountingGenerator:
                 counter._count(len(items))
                 batch.add(items)
 
-            def step(self, on_done=None):
-                return batch.step(on_done)
+            def step(self, on_done=None, refill=None):
+                return batch.step(on_done, refill)
 
             def __len__(self):
                 return len(batch)

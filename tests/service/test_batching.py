@@ -104,8 +104,11 @@ def test_batcher_groups():
 class FakeBatch:
     """A decoding batch of the DecodeBatch protocol: item (prompt, steps, tag) ends after `steps` steps."""
 
+    joins_mid_step = True
+
     def __init__(self, log, joinable=True):
         self.log, self.joinable, self.items = log, joinable, {}
+        self.calls = []  # the prompts in each step's model call
 
     def add(self, items):
         if any(p == "boom-add" for p, _, _ in items):
@@ -114,7 +117,7 @@ class FakeBatch:
         for prompt, steps, tag in items:
             self.items[id(tag)] = (prompt, steps, tag)
 
-    def step(self, on_done):
+    def step(self, on_done, refill=None):
         done = []
         for key, (prompt, steps, tag) in list(self.items.items()):
             if steps <= 1:
@@ -123,6 +126,9 @@ class FakeBatch:
                 on_done(tag, f"{prompt}/done")
             else:
                 self.items[key] = (prompt, steps - 1, tag)
+        if refill is not None and done and self.items:
+            refill(len(done))
+        self.calls.append(sorted(p for p, _, _ in self.items.values()))
         time.sleep(0.01)  # the model call, after the finished requests were answered
         if any(p == "boom-step" for p, _, _ in self.items.values()):
             raise RuntimeError("step failed")
@@ -182,3 +188,29 @@ def test_continuous_batching_waits_when_the_cache_cannot_merge():
     b.close()
     with pytest.raises(BatcherClosed):
         b.submit("closed", 1, timeout=5)
+
+
+@pytest.mark.parametrize("refill_ms", [0, 1000])
+def test_continuous_batching_refills_the_rows_of_finished_requests(refill_ms):
+    """A client that sends its next request when it gets its answer: with refill_ms, the step
+    that answered waits for it, and it runs in that step's model call, not the next one's. The
+    wait ends when it comes, and a step whose client sends nothing goes on after refill_ms."""
+    batches = []
+    b = MicroBatcher(None, open_batch=lambda: batches.append(FakeBatch([])) or batches[-1], window_ms=0,
+                     refill_ms=refill_ms, max_batch_size=4)
+    long = b.submit_async("long", 40)
+    time.sleep(0.05)  # decoding
+    first = b.submit_async("first", 2)
+    assert first.result(5) == "first/done"
+    started = time.perf_counter()
+    assert b.submit("next", 2, timeout=5) == "next/done"  # the client's follow-up
+    took = time.perf_counter() - started
+    assert long.result(10) == "long/done"
+    (batch,) = batches
+    answered = max(i for i, call in enumerate(batch.calls) if "first" in call) + 1  # the step that answered it
+    if refill_ms:
+        assert batch.calls[answered] == ["long", "next"]
+        assert took < refill_ms / 1000  # the step did not wait out the window: it went on once next came
+    else:
+        assert batch.calls[answered + 1] == ["long", "next"]
+    b.close()

@@ -256,6 +256,43 @@ def test_step_reports_finished_requests_before_its_model_call(any_generator):
     assert set(heard) == {"short", "long"}
 
 
+def test_refill_adds_requests_to_the_model_call_of_the_step_they_were_added_in(any_generator):
+    """step(refill=...): when a request finishes and others go on, what refill adds runs in that
+    step's model call (packed batches), and gets exactly its one-at-a-time output."""
+    generator = any_generator
+    follow_up = (PROMPTS[2], GenerationSettings(max_new_tokens=4, repetition_penalty=1.3), "next")
+    model_calls = []
+    hook = generator.model.register_forward_hook(lambda *args: model_calls.append(1))
+    try:
+        batch = generator.open_batch()
+        batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=2), "short"),
+                   (PROMPTS[1], GenerationSettings(max_new_tokens=8), "long")])
+        refills, done = [], {}
+
+        def refill(finished):
+            refills.append((finished, batch.rows))
+            batch.add([follow_up])
+
+        while "short" not in done:
+            calls_before = len(model_calls)
+            done.update(batch.step(refill=None if refills else refill))
+        if batch.joins_mid_step:
+            # Called once, for the one request that finished, with the long one still decoding;
+            # the follow-up ran in that step's one model call: it is decoding, not waiting.
+            assert refills == [(1, 1)]
+            assert len(model_calls) - calls_before == 1 and batch.rows == 2 and not batch._pending
+        else:  # the general path prefills on add(): no joining between its pick and model call
+            assert refills == [] and not generator._packed
+            batch.add([follow_up])
+        while len(batch):
+            done.update(batch.step())
+    finally:
+        hook.remove()
+    alone = generator.generate([follow_up[0]], follow_up[1])[0]
+    assert done["next"].texts == alone.texts and done["next"].completion_tokens == alone.completion_tokens
+    assert set(done) == {"short", "long", "next"}
+
+
 def test_packed_prompt_with_several_headlines_runs_once(generator):
     """A request for n headlines puts its prompt in the packed step once, not n times."""
     gen = generator
