@@ -233,8 +233,9 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
     The float32 parameters stay (training, perplexity with autograd and the tied embedding
     use them); the copies add half the linear layers' size in memory. ``prepacked`` (from
     ``prepack_float16`` on the folder the model was loaded from) is used for every layer whose
-    weight it holds unchanged; the rest are packed here, on every core (the op releases the
-    GIL). Returns False, changing nothing, where fbgemm cannot run (a CPU without AVX2).
+    weight it holds unchanged and whose packing has started; the rest are packed here, on every
+    core (the op releases the GIL), while the files' pool finishes what it started. Returns
+    False, changing nothing, where fbgemm cannot run (a CPU without AVX2).
     """
     import torch
 
@@ -247,7 +248,9 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
             names = [embedding_name]
         key = tuple(f"{n}.weight" for n in names)
         future = (prepacked or {}).get(key if len(key) > 1 else key[0])
-        if future is not None and bias is None:
+        # A layer whose packing from the files has not started yet is packed here, from the model
+        # (the same values), beside the files' pool: the model is loaded, so every core is free.
+        if future is not None and bias is None and not future.cancel():
             packed, stored = future.result()
             if stored.shape == weight.shape and torch.equal(stored, weight):
                 return packed

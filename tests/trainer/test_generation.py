@@ -448,6 +448,29 @@ def test_load_run_folder_and_missing_latest(tmp_path, tiny_model_dir):
     assert gen.info["run"] is None and len(gen.info["version"]) == 12
 
 
+def test_float16_layers_whose_packing_has_not_started_are_packed_at_install(tiny_llama_dir):
+    """install_float16 does not wait for the files' pool to reach a layer: a packing not started
+    yet is cancelled and done at install, from the model's (equal) weight, on every core."""
+    from concurrent.futures import Future
+
+    from trainer import cpu_linear
+
+    started = cpu_linear.prepack_float16(tiny_llama_dir)
+    for future in started.values():
+        future.result()
+    queued = {name: Future() for name in started}  # still waiting in the pool's queue: never run
+    model, _ = load_model_and_tokenizer(str(tiny_llama_dir))
+    reference, _ = load_model_and_tokenizer(str(tiny_llama_dir))
+    assert cpu_linear.install_float16(model, queued)  # returns: nothing waited for the queued ones
+    assert all(future.cancelled() for future in queued.values())
+    assert cpu_linear.install_float16(reference, started)
+    x = torch.randn(3, model.config.hidden_size)
+    with torch.inference_mode():
+        for mine, theirs in zip(model.model.layers, reference.model.layers):
+            assert torch.equal(mine.mlp.up_proj(x), theirs.mlp.up_proj(x))
+            assert torch.equal(mine.self_attn.k_proj(x), theirs.self_attn.k_proj(x))
+
+
 def test_float16_packed_from_the_files_while_the_model_loads(tmp_path, tiny_llama_dir, monkeypatch):
     """Generator.load packs float16 weights from the run's files while transformers loads; a layer
     whose weight differs from its file is packed again from the model, never served stale."""
