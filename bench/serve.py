@@ -481,7 +481,7 @@ def main() -> int:
     return 0
 
 
-def refills(miss: dict) -> str:
+def refill_note(miss: dict) -> str:
     """The batching side's refill waits (service.batching.refill_ms), when there were any."""
     if not miss["refills_per_headline"] > 0:
         return ""
@@ -516,7 +516,7 @@ def print_table(results: dict, args) -> None:
               f"{off['p50']:.0f} / {off['p99']:.0f} ms | {m['ratio']:.2f}x (rounds "
               f"{min(m['round_ratios']):.2f}-{max(m['round_ratios']):.2f}x"
               + (f", mean batch {results['miss']['mean_batch_size']:.1f}, "
-                 f"{results['miss']['tokens_per_headline']:.1f} tokens a headline{refills(results['miss'])}; "
+                 f"{results['miss']['tokens_per_headline']:.1f} tokens a headline{refill_note(results['miss'])}; "
                  "whole rounds, drain included: "
                  f"{m['ratio_round']:.2f}x)" if conc == 8 else ")")
               + f" | {'>= 3x' if conc == 8 else '-'} "

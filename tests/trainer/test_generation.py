@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -228,15 +229,25 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     assert done[39].texts == alone.texts
 
 
+@contextmanager
+def _short_and_long(generator, long_tokens: int):
+    """A batch decoding "short" (2 tokens at most) and "long" (``long_tokens``), and a list that
+    gets one entry per model call while the block runs."""
+    model_calls = []
+    hook = generator.model.register_forward_hook(lambda *args: model_calls.append(1))
+    try:
+        batch = generator.open_batch()
+        batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=2), "short"),
+                   (PROMPTS[1], GenerationSettings(max_new_tokens=long_tokens), "long")])
+        yield batch, model_calls
+    finally:
+        hook.remove()
+
+
 def test_step_reports_finished_requests_before_its_model_call(any_generator):
     """A request is answered when its last token is chosen, not after the model call that the
     rows still decoding need: on_done hears of it first, and of exactly what step returns."""
-    model_calls = []
-    hook = any_generator.model.register_forward_hook(lambda *args: model_calls.append(1))
-    try:
-        batch = any_generator.open_batch()
-        batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=2), "short"),
-                   (PROMPTS[1], GenerationSettings(max_new_tokens=6), "long")])
+    with _short_and_long(any_generator, 6) as (batch, model_calls):
         heard = {}
         while len(batch):
             calls_before, step_heard = len(model_calls), []
@@ -251,8 +262,6 @@ def test_step_reports_finished_requests_before_its_model_call(any_generator):
                 assert calls == 0, f"{tag} was answered after the step's model call"
             if "short" in [tag for tag, _, _ in step_heard]:
                 assert len(model_calls) - calls_before == 1  # the long request went on in this step
-    finally:
-        hook.remove()
     assert set(heard) == {"short", "long"}
 
 
@@ -261,12 +270,7 @@ def test_refill_adds_requests_to_the_model_call_of_the_step_they_were_added_in(a
     step's model call (packed batches), and gets exactly its one-at-a-time output."""
     generator = any_generator
     follow_up = (PROMPTS[2], GenerationSettings(max_new_tokens=4, repetition_penalty=1.3), "next")
-    model_calls = []
-    hook = generator.model.register_forward_hook(lambda *args: model_calls.append(1))
-    try:
-        batch = generator.open_batch()
-        batch.add([(PROMPTS[0], GenerationSettings(max_new_tokens=2), "short"),
-                   (PROMPTS[1], GenerationSettings(max_new_tokens=8), "long")])
+    with _short_and_long(generator, 8) as (batch, model_calls):
         refills, done = [], {}
 
         def refill(finished):
@@ -286,8 +290,6 @@ def test_refill_adds_requests_to_the_model_call_of_the_step_they_were_added_in(a
             batch.add([follow_up])
         while len(batch):
             done.update(batch.step())
-    finally:
-        hook.remove()
     alone = generator.generate([follow_up[0]], follow_up[1])[0]
     assert done["next"].texts == alone.texts and done["next"].completion_tokens == alone.completion_tokens
     assert set(done) == {"short", "long", "next"}
