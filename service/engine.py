@@ -98,14 +98,16 @@ class Engine:
         values.update((k, v) for k, v in overrides.items() if v is not None)
         return GenerationSettings(**values)
 
-    def _keys(self, version: str) -> KeyMaker:
+    def _keys(self, gen: Any, version: str) -> KeyMaker:
         """The key maker of this model version (prompt templates and setting names included:
-        a change of templates changes the answers of the same weights)."""
+        a change of templates changes the answers of the same weights). The templates are the
+        generator's: a run is served with those it was trained with (``run_prompts``)."""
         held = self._key_maker
         if held is None or held[0] != version:
             from trainer.generation import GenerationSettings
 
-            fixed = {"prompt": self.cfg.prompt.model_dump(mode="json"),
+            prompt_cfg = getattr(getattr(gen, "cfg", None), "prompt", None) or self.cfg.prompt
+            fixed = {"prompt": prompt_cfg.model_dump(mode="json"),
                      "settings": [f.name for f in dataclasses.fields(GenerationSettings)]}
             held = self._key_maker = (version, KeyMaker(version, fixed))
         return held[1]
@@ -131,7 +133,7 @@ class Engine:
             key = None
             if settings.deterministic:
                 # Setting values in dataclass field order (a frozen dataclass's __dict__ keeps it).
-                key = self._keys(version).key([theme, article, category, list(vars(settings.effective()).values())])
+                key = self._keys(gen, version).key([theme, article, category, list(vars(settings.effective()).values())])
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.clear()
             self._memo[memo_key] = memo = (settings, key)

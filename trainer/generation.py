@@ -87,6 +87,23 @@ def postprocess(text: str) -> str:
     return line
 
 
+def run_prompts(run_dir: Path, cfg: Config) -> Config:
+    """``cfg`` with the prompt section the run was trained with (its saved config.yml).
+
+    A model answers well only to the prompts it was fine-tuned on: a run is served with its own
+    templates, whatever config.yml says today."""
+    from config import load_config
+    from trainer.runs import CONFIG_YML
+
+    saved = run_dir / CONFIG_YML
+    if not saved.is_file():
+        return cfg
+    prompt = load_config(saved).prompt
+    if prompt != cfg.prompt:
+        log.info("%s: serving the run's own prompt templates (its %s)", run_dir.name, CONFIG_YML)
+    return cfg.model_copy(update={"prompt": prompt})
+
+
 def _is_run_dir(path: Path) -> bool:
     return (path / "run.json").is_file() and (path / "model" / "config.json").is_file()
 
@@ -156,6 +173,7 @@ class Generator:
         if path.exists() and _is_run_dir(path.resolve()):
             run_dir = path.resolve()
             meta = json.loads((run_dir / "run.json").read_text())
+            cfg = run_prompts(run_dir, cfg)
             device = inference_device()
             prepacked = None
             if weights == "float16" and device == "cpu":

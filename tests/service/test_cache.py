@@ -79,6 +79,24 @@ def test_float16_weights_never_serve_float32_entries(make_app, tiny_generator):
     assert r.headers["X-Cache"] == "MISS" and r.get_json()["model"]["version"] == "cccc"
 
 
+def test_the_served_prompt_templates_are_in_the_key(make_app, tiny_generator):
+    """A run is served with the templates it was trained with (Generator.load), whatever the
+    service's config.yml says: the same weights under other templates answer otherwise."""
+    from config import load_config
+    from trainer.generation import Generator
+
+    def served_with(template: str) -> Generator:
+        cfg = load_config(None, [f'prompt.theme_template="{template}"'])
+        return Generator(tiny_generator.model, tiny_generator.tokenizer, cfg, name="tiny", version="dddd")
+
+    first = make_app(served_with("Theme: {theme}\\nHeadline:")).test_client()
+    assert first.post("/v1/headlines", json=BODY).headers["X-Cache"] == "MISS"
+    assert first.post("/v1/headlines", json=BODY).headers["X-Cache"] == "HIT"
+    other = make_app(served_with("News headline about {theme}:")).test_client()
+    assert other.post("/v1/headlines", json=BODY).headers["X-Cache"] == "MISS"
+    assert other.post("/v1/headlines", json=BODY).headers["X-Cache"] == "HIT"
+
+
 def test_single_flight(make_app, tiny_generator):
     gen = CountingGenerator(tiny_generator, delay=0.4)  # the first miss holds the lock a while
     app = make_app(gen, **{"batching.max_batch_size": 1})

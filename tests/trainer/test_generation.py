@@ -450,6 +450,28 @@ def test_load_run_folder_and_missing_latest(tmp_path, tiny_model_dir):
     assert gen.info["run"] is None and len(gen.info["version"]) == 12
 
 
+def test_a_run_is_served_with_the_prompt_templates_it_was_trained_with(tmp_path, tiny_model_dir):
+    """config.yml may have changed since the run was trained: the run's own config.yml says
+    which prompts its model answers; the base model keeps today's."""
+    import shutil
+
+    from trainer import runs
+
+    trained = load_config(None, ['prompt.theme_template="Old style: {theme}\\nHeadline:"'])
+    today = load_config(None, ['prompt.theme_template="News headline about {theme}:"'])
+    run = tmp_path / "20260101-000000-test"
+    shutil.copytree(tiny_model_dir, run / "model")
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "version": "abc123abc123",
+                                              "base_model": "tiny", "status": "finished"}))
+    (run / runs.CONFIG_YML).write_text(runs.config_yaml(trained))
+    gen = Generator.load(str(run), today)
+    assert gen.prompt(theme="oil") == "Old style: oil\nHeadline:"
+    assert gen.cfg.prompt == trained.prompt and gen.cfg.generation == today.generation
+    assert Generator.load(str(tiny_model_dir), today).prompt(theme="oil") == "News headline about oil:"
+    (run / runs.CONFIG_YML).unlink()  # a run folder without its config: today's templates
+    assert Generator.load(str(run), today).prompt(theme="oil") == "News headline about oil:"
+
+
 def test_float16_layers_whose_packing_has_not_started_are_packed_at_install(tiny_llama_dir):
     """install_float16 does not wait for the files' pool to reach a layer: a packing not started
     yet is cancelled and done at install, from the model's (equal) weight, on every core."""
