@@ -92,13 +92,20 @@ def run_prompts(run_dir: Path, cfg: Config) -> Config:
 
     A model answers well only to the prompts it was fine-tuned on: a run is served with its own
     templates, whatever config.yml says today."""
-    from config import load_config
+    from config import ConfigDocument, ConfigError, validate
     from trainer.runs import CONFIG_YML
 
     saved = run_dir / CONFIG_YML
     if not saved.is_file():
         return cfg
-    prompt = load_config(saved).prompt
+    data = ConfigDocument.read(saved).plain()  # unreadable YAML: ConfigError naming the line
+    try:
+        prompt = validate(data, str(saved)).prompt
+    except ConfigError:
+        # Keys added to or removed from other sections since the run was trained do not stop it
+        # from being served: only its prompt section is needed (whose errors name file and key).
+        section = data.get("prompt") if isinstance(data, dict) else None
+        prompt = validate({"prompt": section or {}}, str(saved)).prompt
     if prompt != cfg.prompt:
         log.info("%s: serving the run's own prompt templates (its %s)", run_dir.name, CONFIG_YML)
     return cfg.model_copy(update={"prompt": prompt})

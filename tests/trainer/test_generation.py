@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from config import load_config
+from config import ConfigError, load_config
 from trainer.errors import TrainerError
 from trainer.generation import GenerationSettings, Generator, postprocess
 from trainer.modeling import load_model_and_tokenizer
@@ -468,6 +468,16 @@ def test_a_run_is_served_with_the_prompt_templates_it_was_trained_with(tmp_path,
     assert gen.prompt(theme="oil") == "Old style: oil\nHeadline:"
     assert gen.cfg.prompt == trained.prompt and gen.cfg.generation == today.generation
     assert Generator.load(str(tiny_model_dir), today).prompt(theme="oil") == "News headline about oil:"
+    # A key that today's schema no longer knows, outside the prompt section: still served.
+    saved = runs.config_yaml(trained).replace("train:\n", "train:\n  retired_option: 1\n", 1)
+    (run / runs.CONFIG_YML).write_text(saved)
+    with pytest.raises(ConfigError, match="train.retired_option: unknown key"):
+        load_config(run / runs.CONFIG_YML)
+    assert Generator.load(str(run), today).prompt(theme="oil") == "Old style: oil\nHeadline:"
+    # Its own templates broken: an error naming the file and the key, not today's templates.
+    (run / runs.CONFIG_YML).write_text(saved.replace("Old style: {theme}", "Old style: {topic}"))
+    with pytest.raises(ConfigError, match=r"config\.yml: prompt\.theme_template: must contain \{theme\}"):
+        Generator.load(str(run), today)
     (run / runs.CONFIG_YML).unlink()  # a run folder without its config: today's templates
     assert Generator.load(str(run), today).prompt(theme="oil") == "News headline about oil:"
 
