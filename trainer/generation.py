@@ -98,14 +98,14 @@ def run_prompts(run_dir: Path, cfg: Config) -> Config:
     saved = run_dir / CONFIG_YML
     if not saved.is_file():
         return cfg
-    data = ConfigDocument.read(saved).plain()  # unreadable YAML: ConfigError naming the line
+    # A mapping of sections; unreadable YAML or another top level is a ConfigError naming the file.
+    data = ConfigDocument.read(saved).plain()
     try:
         prompt = validate(data, str(saved)).prompt
     except ConfigError:
         # Keys added to or removed from other sections since the run was trained do not stop it
-        # from being served: only its prompt section is needed (whose errors name file and key).
-        section = data.get("prompt") if isinstance(data, dict) else None
-        prompt = validate({"prompt": section or {}}, str(saved)).prompt
+        # from being served: its prompt section alone is validated (errors name file and key).
+        prompt = validate({k: v for k, v in data.items() if k == "prompt"}, str(saved)).prompt
     if prompt != cfg.prompt:
         log.info("%s: serving the run's own prompt templates (its %s)", run_dir.name, CONFIG_YML)
     return cfg.model_copy(update={"prompt": prompt})
