@@ -12,8 +12,9 @@ with start-up and imports cancelled out. For the same code the count is the same
 run whatever else the machine is doing. An edit anywhere (this script included) moves both
 apps' counts by up to 3%, so compare the two apps of one run, and changes bigger than that.
 
-Our app runs with the repo's config.yml (its request hooks, API-key checks switched as
-configured, metrics, cache) against a private redis-server; its generator is a fixed stand-in,
+Our app runs with the repo's config.yml (API keys off as configured, so its hits take the
+cache-hit lane of service/hitlane.py; with keys on they go through Flask and its hooks;
+metrics, cache) against a private redis-server; its generator is a fixed stand-in,
 as the cache-hit path never reaches the model (one request made beforehand, a MISS, fills the
 cache through the batcher, so every counted request is a HIT; the last is checked). Needs valgrind (Debian
 package `valgrind`). Takes about two minutes on 2 cores.

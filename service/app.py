@@ -26,6 +26,7 @@ from service import metrics
 from service.cache import ResponseCache
 from service.engine import Engine
 from service.guards import required_scope
+from service.hitlane import CacheHitLane
 from service.model import ModelHost
 from service.schemas import ErrorSchema
 from service.security import init_security
@@ -93,17 +94,25 @@ def create_app(config: Config | None = None, *, generator=None) -> Flask:
     app.extensions["headline"] = engine
 
     api = _Api(app)
-    register_views(api, engine)
+    schemas = register_views(api, engine)
     _register_hooks(app, api, engine)
     # API keys, per-key rate limits and the per-worker concurrency cap (issue 6); its hooks run
     # after _start (so refusals carry the request id) and refuse in the same error shape.
-    init_security(app, cfg)
+    security = init_security(app, cfg)
+    # Cache hits of POST /prompt are answered before Flask's request machinery (service.hitlane).
+    app.wsgi_app = CacheHitLane(app.wsgi_app, engine, security, schemas.PromptRequest.fast_load,
+                                valid_request_id)
 
     background = generator is not None and not hasattr(generator, "generate") and callable(generator)
     host.start(generator, background=background)
     metrics.MODEL_READY.set(1 if host.ready else 0)
     atexit.register(engine.close)
     return app
+
+
+def valid_request_id(value: str) -> str | None:
+    """A client's (or Nginx's) X-Request-ID if it is safe to log and echo, else None."""
+    return value if _REQUEST_ID.match(value) else None
 
 
 class _Flask(Flask):
@@ -150,8 +159,7 @@ def _register_hooks(app: Flask, api: Api, engine: Engine) -> None:
     def _start() -> None:
         ctx_g, req = g._get_current_object(), request._get_current_object()
         ctx_g.t0 = time.perf_counter()
-        rid = req.headers.get("X-Request-ID", "")
-        ctx_g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        ctx_g.request_id = valid_request_id(req.headers.get("X-Request-ID", "")) or uuid.uuid4().hex
         metrics.INFLIGHT.inc()
         ctx_g.inflight = True
         if engine.guards and req.endpoint in app.view_functions:

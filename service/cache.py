@@ -183,6 +183,22 @@ class ResponseCache:
             return self._generate_and_store(key, token, produce), MISS
         return self._wait_for_owner(key, produce)
 
+    def peek(self, key: str | None) -> dict | None:
+        """The cached value of ``key`` (counted as a hit), or None: not cacheable, not cached, or
+        Redis unavailable (a failure counts as an error and opens the breaker, as everywhere)."""
+        if key is None or not self.available():
+            return None
+        try:
+            cached = self._get(key)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        if cached is None:
+            return None
+        self._on_event("hit")
+        return json.loads(cached)
+
     def _generate_and_store(self, key: str, token: str, produce: Callable[[], dict]) -> dict:
         try:
             value = produce()

@@ -112,13 +112,10 @@ class Engine:
             held = self._key_maker = (version, KeyMaker(version, fixed))
         return held[1]
 
-    # -- the one generation path -------------------------------------------------
-    def headlines(self, *, theme: str | None = None, article: str | None = None,
-                  category: str | None = None, field_name: str, no_cache: bool = False,
-                  tokens_field: str = "max_new_tokens", **overrides: Any) -> Answer:
-        """Headlines for one request. ``field_name`` is the input field named in a 422;
-        ``tokens_field`` is what the request calls max_new_tokens (in its messages)."""
-        gen = self.require_ready()
+    def _prepare(self, gen: Any, theme: str | None, article: str | None, category: str | None,
+                 overrides: dict[str, Any]) -> tuple[str | None, str | None, str | None, Any, str | None]:
+        """The request's normalized theme, article and category, its GenerationSettings and its
+        cache key (None when it is not deterministic)."""
         theme = normalize_text(theme) if theme is not None else None
         article = normalize_text(article) if article is not None else None
         category = normalize_text(category) if category else None
@@ -137,7 +134,25 @@ class Engine:
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.clear()
             self._memo[memo_key] = memo = (settings, key)
-        settings, key = memo
+        return (theme, article, category, *memo)
+
+    def cached(self, *, theme: str | None = None, article: str | None = None,
+               category: str | None = None, **overrides: Any) -> dict | None:
+        """The cached answer (``{"headlines", "usage"}``) of a request, or None: the model not
+        ready, the request not cacheable or not cached, or Redis unavailable (service.hitlane)."""
+        if self.cache is None or self.batcher is None or not self.host.ready:
+            return None
+        key = self._prepare(self.host.generator, theme, article, category, overrides)[-1]
+        return self.cache.peek(key)
+
+    # -- the one generation path -------------------------------------------------
+    def headlines(self, *, theme: str | None = None, article: str | None = None,
+                  category: str | None = None, field_name: str, no_cache: bool = False,
+                  tokens_field: str = "max_new_tokens", **overrides: Any) -> Answer:
+        """Headlines for one request. ``field_name`` is the input field named in a 422;
+        ``tokens_field`` is what the request calls max_new_tokens (in its messages)."""
+        gen = self.require_ready()
+        theme, article, category, settings, key = self._prepare(gen, theme, article, category, overrides)
 
         def produce() -> dict:
             prompt = gen.prompt(theme=theme, article=article, category=category)

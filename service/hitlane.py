@@ -1,0 +1,92 @@
+"""The cache-hit lane: ``POST /prompt`` answered from Redis before Flask's request machinery.
+
+A cache hit is one Redis GET, yet through Flask it also pays for what Flask does around every
+view: a request context, URL routing, werkzeug's request and response objects, the before- and
+after-request hooks, flask-smorest's argument parsing and wrappers. Under Gunicorn that was
+more than the GET itself. ``CacheHitLane`` wraps the app's WSGI callable and answers the
+common case itself: a valid ``{"prompt", "max_len"}`` body whose answer is in the cache. It
+sends what the Flask path sends (status, body bytes, and the headers Content-Type,
+Content-Length, X-Request-ID and X-Cache: HIT), counts the same metrics (requests and latency
+by route, cache hits, requests in flight) and holds a slot of the worker's concurrency cap
+while it works, as ``service.security`` does.
+
+Everything else goes to the app as it came, the body it read put back: other routes and
+methods, ``Cache-Control: no-cache``, a body that the schema's fast check does not accept (the
+app then answers it, 400 and 422 included), a cache miss, Redis unavailable, the model not
+ready, a full concurrency cap, and every request while API keys are on (``service.auth``: key
+checks and per-key rate limits stay in one place), or if the lane itself fails.
+tests/service/test_hitlane.py checks that both ways answer a hit alike.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from service import metrics
+from service.views import json_body, prompt_payload
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/prompt"
+
+
+class CacheHitLane:
+    """WSGI middleware: ``CacheHitLane(app.wsgi_app, engine, security, fast_load, request_id)``."""
+
+    def __init__(self, app: Callable, engine, security, fast_load: Callable, request_id: Callable):
+        self.app = app
+        self.engine = engine
+        self.security = security
+        self.fast_load = fast_load  # the /prompt schema's: the body's fields, or None (schemas.py)
+        self.request_id = request_id  # an X-Request-ID value -> itself if valid, else None
+        self.max_body = engine.cfg.service.max_body_bytes
+
+    def __call__(self, environ: dict, start_response: Callable):
+        if (environ.get("PATH_INFO") == ROUTE and environ.get("REQUEST_METHOD") == "POST"
+                and not self.security.auth_enabled and not self.engine.guards):
+            try:
+                answer = self._hit(environ, start_response)
+            except Exception:  # noqa: BLE001 - the app answers instead, in its own way
+                log.exception("the cache-hit lane failed; the app answers the request")
+                answer = None
+            if answer is not None:
+                return answer
+        return self.app(environ, start_response)
+
+    def _hit(self, environ: dict, start_response: Callable) -> list[bytes] | None:
+        """The answer when the request is a valid cache hit, else None (and the body put back)."""
+        if ("no-cache" in environ.get("HTTP_CACHE_CONTROL", "").lower()
+                or environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower() != "application/json"):
+            return None
+        length = environ.get("CONTENT_LENGTH", "")
+        if not length.isdigit() or not 0 < int(length) <= self.max_body:
+            return None
+        t0 = time.perf_counter()
+        body = environ["wsgi.input"].read(int(length))
+        environ["wsgi.input"] = io.BytesIO(body)  # for the app, if the lane does not answer
+        try:
+            fields = self.fast_load(json.loads(body))
+        except (ValueError, RecursionError):  # not JSON: the app answers 400
+            return None
+        if fields is None or not self.security.slots.acquire(blocking=False):
+            return None  # the app validates (422) or sheds (503) it
+        metrics.INFLIGHT.inc()
+        try:
+            value = self.engine.cached(theme=fields["prompt"], max_new_tokens=fields["max_len"], num_return=1)
+            if value is None:
+                return None
+            payload = json_body(prompt_payload(value["headlines"]))
+            request_id = self.request_id(environ.get("HTTP_X_REQUEST_ID", "")) or uuid.uuid4().hex
+            metrics.observe_request(ROUTE, "POST", "200", time.perf_counter() - t0)
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(payload))),
+                                      ("X-Request-ID", request_id), ("X-Cache", "HIT")])
+            return [payload]
+        finally:
+            metrics.INFLIGHT.dec()
+            self.security.slots.release()

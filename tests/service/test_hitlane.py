@@ -1,0 +1,181 @@
+"""The cache-hit lane (service/hitlane.py): a hit answered before Flask, exactly as Flask would.
+
+Each test drives the real app (tiny model, real Redis) through raw WSGI calls, so that the lane
+(``app.wsgi_app``) and the Flask path behind it (``app.wsgi_app.app``) can be called alike.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+
+from service.hitlane import CacheHitLane
+
+BODY = {"prompt": "lane theme", "max_len": 4}
+
+
+def call(wsgi, body=BODY, *, raw: bytes | None = None, content_type="application/json", **headers):
+    """(status, headers dict, body bytes) of one POST /prompt through ``wsgi``."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/prompt", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+               "SERVER_PORT": "8001", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data),
+               "wsgi.errors": io.StringIO(), "wsgi.multithread": True, "wsgi.multiprocess": False,
+               "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8080"}
+    environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
+    seen = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        seen["status"], seen["headers"] = status, dict(response_headers)
+
+    result = wsgi(environ, start_response)
+    try:
+        payload = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen["status"], seen["headers"], payload
+
+
+def sample(name: str, **labels) -> float:
+    """A metric's current value in this process (0 when it has no sample yet)."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+class Spy:
+    """Counts the requests that reach the Flask path behind the lane."""
+
+    def __init__(self, app):
+        self.app, self.calls = app, 0
+
+    def __call__(self, environ, start_response):
+        self.calls += 1
+        return self.app(environ, start_response)
+
+
+@pytest.fixture()
+def lane_app(make_app):
+    app = make_app()
+    assert isinstance(app.wsgi_app, CacheHitLane)
+    spy = app.wsgi_app.app = Spy(app.wsgi_app.app)
+    return app, spy
+
+
+def test_a_hit_is_answered_by_the_lane_exactly_as_by_flask(lane_app):
+    app, spy = lane_app
+    status, headers, body = call(app.wsgi_app, **{"X-Request-ID": "req-1"})
+    assert (status, headers["X-Cache"], spy.calls) == ("200 OK", "MISS", 1)  # a miss goes to Flask
+
+    lane = call(app.wsgi_app, **{"X-Request-ID": "req-2"})
+    assert spy.calls == 1  # the hit never reached Flask
+    flask = call(spy.app, **{"X-Request-ID": "req-2"})  # the same request through Flask itself
+    assert lane == flask
+    assert lane[0] == "200 OK" and lane[1]["X-Cache"] == "HIT" and lane[1]["X-Request-ID"] == "req-2"
+    assert json.loads(lane[2]) == json.loads(body)  # the hit is the answer that was generated
+
+
+def test_a_hit_counts_the_same_metrics_as_through_flask(lane_app):
+    app, spy = lane_app
+    call(app.wsgi_app)  # the miss fills the cache
+    labels = {"route": "/prompt", "method": "POST", "status": "200"}
+    before = (sample("headline_requests_total", **labels), sample("headline_cache_events_total", event="hit"),
+              sample("headline_request_latency_seconds_count", route="/prompt", status="200"),
+              sample("headline_inflight_requests"))
+    call(app.wsgi_app)
+    call(app.wsgi_app)
+    after = (sample("headline_requests_total", **labels), sample("headline_cache_events_total", event="hit"),
+             sample("headline_request_latency_seconds_count", route="/prompt", status="200"),
+             sample("headline_inflight_requests"))
+    assert spy.calls == 1
+    assert after == (before[0] + 2, before[1] + 2, before[2] + 2, before[3])
+
+
+def test_a_request_without_a_valid_id_gets_a_new_one(lane_app):
+    app, _ = lane_app
+    call(app.wsgi_app)
+    _, headers, _ = call(app.wsgi_app, **{"X-Request-ID": "bad id with spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])
+
+
+@pytest.mark.parametrize(("kwargs", "status", "x_cache"), [
+    ({"Cache-Control": "no-cache"}, "200 OK", "BYPASS"),
+    ({"body": {"prompt": "lane theme", "max_len": 0}}, "422 UNPROCESSABLE ENTITY", None),
+    ({"body": {"prompt": "lane theme"}}, "200 OK", "MISS"),  # max_len's default: another key
+    ({"raw": b'{"prompt": "lane theme", '}, "400 BAD REQUEST", None),
+    ({"content_type": "text/plain"}, "422 UNPROCESSABLE ENTITY", None),
+])
+def test_what_is_not_a_valid_cached_request_goes_to_flask(lane_app, kwargs, status, x_cache):
+    app, spy = lane_app
+    call(app.wsgi_app)  # BODY is cached from here on
+    calls = spy.calls
+    got_status, headers, body = call(app.wsgi_app, **kwargs)
+    assert spy.calls == calls + 1
+    assert got_status == status and headers.get("X-Cache") == x_cache
+    if status.startswith("4"):  # the app's error shape, the bad field named for a 422
+        error = json.loads(body)
+        assert error["code"] == int(status[:3])
+        if error["code"] == 422:
+            assert "json" in error["errors"]
+
+
+def test_the_body_the_lane_read_reaches_flask_intact(lane_app):
+    # A miss: the lane read the body, found nothing cached, and Flask generated from the same body.
+    app, spy = lane_app
+    status, headers, body = call(app.wsgi_app, {"prompt": "another lane theme", "max_len": 3})
+    assert (status, headers["X-Cache"], spy.calls) == ("200 OK", "MISS", 1)
+    assert "response" in json.loads(body)
+
+
+def test_a_full_worker_sheds_a_hit_as_flask_does(lane_app):
+    app, spy = lane_app
+    call(app.wsgi_app)
+    slots = app.extensions["security"].slots
+    taken = 0
+    while slots.acquire(blocking=False):
+        taken += 1
+    try:
+        status, headers, body = call(app.wsgi_app)
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert status.startswith("503") and headers["Retry-After"] == "1" and spy.calls == 2
+    assert "in progress" in json.loads(body)["message"]
+    assert call(app.wsgi_app)[1]["X-Cache"] == "HIT"  # every slot was given back
+
+
+def test_with_api_keys_on_every_request_goes_to_flask(make_app):
+    app = make_app(**{"auth.enabled": "true"})
+    status, headers, body = call(app.wsgi_app)
+    assert status.startswith("401") and "WWW-Authenticate" in headers
+
+
+def test_a_failing_lane_leaves_the_request_to_flask(lane_app, monkeypatch):
+    app, spy = lane_app
+    call(app.wsgi_app)
+
+    def broken(**kwargs):
+        raise RuntimeError("lane bug")
+
+    monkeypatch.setattr(app.extensions["headline"], "cached", broken)
+    inflight = sample("headline_inflight_requests")
+    status, headers, _ = call(app.wsgi_app)
+    assert (status, headers["X-Cache"], spy.calls) == ("200 OK", "HIT", 2)
+    assert sample("headline_inflight_requests") == inflight
+    call(app.wsgi_app)  # the slot taken before the failure was given back: no 503
+    assert spy.calls == 3
+
+
+def test_with_redis_down_the_lane_steps_aside(make_app, private_redis):
+    app = make_app(**{"cache.redis_url": private_redis.url, "cache.retry_after_s": 30})
+    call(app.wsgi_app)
+    assert call(app.wsgi_app)[1]["X-Cache"] == "HIT"
+    private_redis.stop()
+    errors = sample("headline_cache_events_total", event="error")
+    status, headers, _ = call(app.wsgi_app)
+    assert (status, headers["X-Cache"]) == ("200 OK", "BYPASS")  # served uncached, at once
+    assert sample("headline_cache_events_total", event="error") == errors + 1  # one failure, counted once
