@@ -136,11 +136,15 @@ class Engine:
             self._memo[memo_key] = memo = (settings, key)
         return (theme, article, category, *memo)
 
+    def serves_hits(self) -> bool:
+        """Whether a cached answer can be served now: the model ready and the cache available."""
+        return self.cache is not None and self.batcher is not None and self.host.ready and self.cache.available()
+
     def cached(self, *, theme: str | None = None, article: str | None = None,
                category: str | None = None, **overrides: Any) -> dict | None:
         """The cached answer (``{"headlines", "usage"}``) of a request, or None: the model not
         ready, the request not cacheable or not cached, or Redis unavailable (service.hitlane)."""
-        if self.cache is None or self.batcher is None or not self.host.ready:
+        if not self.serves_hits():
             return None
         key = self._prepare(self.host.generator, theme, article, category, overrides)[-1]
         return self.cache.peek(key)
