@@ -143,8 +143,9 @@ class Engine:
     def cached(self, *, theme: str | None = None, article: str | None = None,
                category: str | None = None, **overrides: Any) -> dict | None:
         """The cached answer (``{"headlines", "usage"}``) of a request, or None: the model not
-        ready, the request not cacheable or not cached, or Redis unavailable (service.hitlane)."""
-        if not self.serves_hits():
+        ready, the request not cacheable or not cached, or Redis unavailable (service.hitlane,
+        which checks ``serves_hits`` first; ``peek`` checks the cache's availability itself)."""
+        if self.cache is None or not self.host.ready:
             return None
         key = self._prepare(self.host.generator, theme, article, category, overrides)[-1]
         return self.cache.peek(key)
