@@ -8,7 +8,8 @@ application itself executes per request instead: each WSGI app (ours, `service.c
 and the floor, `bench.serve:bare_app`) answers the same `POST /prompt` in a loop in its own
 process under valgrind's callgrind, once with 50 requests and once with 50 + ``--requests``;
 the difference of the two totals, divided by ``--requests``, is the instructions per request,
-with start-up and imports cancelled out. For the same code the count is the same from run to
+with start-up and imports cancelled out. Our app is also counted on `POST /v1/headlines` hits (a
+theme and max_new_tokens, the other fields defaulted), beside the bare app's `/prompt`. For the same code the count is the same from run to
 run whatever else the machine is doing. An edit anywhere (this script included) moves both
 apps' counts by up to 3%, so compare the two apps of one run, and changes bigger than that.
 
@@ -35,7 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BODY = json.dumps({"prompt": "oil price", "max_len": 16}).encode()
+# What each child answers: the bare app and ours the original contract, "api-v1" our /v1/headlines
+# with the usual body (the other fields take config.yml's defaults).
+REQUESTS = {"bare": ("/prompt", {"prompt": "oil price", "max_len": 16}),
+            "api": ("/prompt", {"prompt": "oil price", "max_len": 16}),
+            "api-v1": ("/v1/headlines", {"theme": "oil price", "max_new_tokens": 16})}
 WARM = 50  # requests of both runs: the first ones pay for lazy imports and first-call caches
 
 
@@ -58,11 +63,11 @@ class FixedGenerator:
                            completion_tokens=8, finished=[True]) for p in prompts]
 
 
-def environ() -> dict:
+def environ(path: str, body: bytes) -> dict:
     """What Gunicorn hands the app for a request that came through our Nginx."""
-    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/prompt", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "8001", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
-            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(BODY)), "wsgi.input": io.BytesIO(BODY),
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
             "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8080",
             "HTTP_X_REQUEST_ID": "0f6c2a9e41d34b8c", "HTTP_X_FORWARDED_FOR": "127.0.0.1",
@@ -84,6 +89,8 @@ def child(app_name: str, requests: int, redis_url: str) -> None:
 
         cfg = load_config(None, ["service.warmup=false", f"service.cache.redis_url={redis_url}"])
         app = create_app(cfg, generator=FixedGenerator())
+    path, payload = REQUESTS[app_name]
+    data = json.dumps(payload).encode()
     status, headers = [], []
 
     def start_response(s, h, exc_info=None):
@@ -91,11 +98,11 @@ def child(app_name: str, requests: int, redis_url: str) -> None:
 
     body = b""
     for _ in range(requests):
-        result = app(environ(), start_response)
+        result = app(environ(path, data), start_response)
         body = b"".join(result)
         getattr(result, "close", lambda: None)()
     x_cache = dict(headers).get("X-Cache")
-    if not status[0].startswith("200") or (app_name == "api" and x_cache != "HIT"):
+    if not status[0].startswith("200") or (app_name != "bare" and x_cache != "HIT"):
         sys.exit(f"{app_name}: last answer {status[0]} X-Cache {x_cache}: {body[:200]!r}")
 
 
@@ -123,7 +130,7 @@ def count(app_name: str, requests: int, redis_url: str, workdir: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=500, help="requests counted per app (after the first 50)")
-    ap.add_argument("--child", choices=["bare", "api"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=sorted(REQUESTS), help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -141,18 +148,21 @@ def main() -> int:
     try:
         # Our app's first request is a MISS that fills the cache: made here, outside the counts,
         # so that every counted request of every run is a HIT.
-        subprocess.run(child_command("api", 2, redis_server.url), check=True, cwd=REPO, capture_output=True)
-        runs = [(name, n) for name in ("bare", "api") for n in (WARM, WARM + args.requests)]
+        for name in ("api", "api-v1"):
+            subprocess.run(child_command(name, 2, redis_server.url), check=True, cwd=REPO, capture_output=True)
+        runs = [(name, n) for name in REQUESTS for n in (WARM, WARM + args.requests)]
         with ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1))) as pool:
             totals = dict(zip(runs, pool.map(lambda r: count(r[0], r[1], redis_server.url, work), runs)))
     finally:
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    per = {name: (totals[name, WARM + args.requests] - totals[name, WARM]) / args.requests for name in ("bare", "api")}
+    per = {name: (totals[name, WARM + args.requests] - totals[name, WARM]) / args.requests for name in REQUESTS}
     print(f"Instructions per cache-hit request, in-process WSGI app ({args.requests} requests, callgrind):")
     print(f"  bare Flask + one Redis GET: {per['bare'] / 1000:.0f}K")
     print(f"  our app (POST /prompt, HIT): {per['api'] / 1000:.0f}K  ({per['api'] / per['bare']:.2f}x the bare app, "
           f"{(per['api'] - per['bare']) / 1000:+.0f}K)")
+    print(f"  our app (POST /v1/headlines, HIT): {per['api-v1'] / 1000:.0f}K  "
+          f"({per['api-v1'] / per['bare']:.2f}x the bare app)")
     return 0
 
 

@@ -263,28 +263,35 @@ def median(values):
 
 # -- the three measurements -----------------------------------------------------------------
 
-def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, seconds: float) -> dict:
+# The cache-hit rounds' request to our API, by route (--hit-route); the bare app always answers
+# the /prompt one.
+HIT_REQUESTS = {"/prompt": {"prompt": "oil price", "max_len": 16},
+                "/v1/headlines": {"theme": "oil price", "max_new_tokens": 16}}
+
+
+def bench_hit(work: Path, env: dict, model: str, redis_url: str, rounds: int, seconds: float,
+              route: str = "/prompt") -> dict:
     cfg = write_config(work / "hit.yml", model, redis_url, True)
-    body = {"prompt": "oil price", "max_len": 16}
-    req = http_request("/prompt", body)
+    bare_req = http_request("/prompt", HIT_REQUESTS["/prompt"])
+    api_req = http_request(route, HIT_REQUESTS[route])
     with Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}, app="bench.serve:bare_app()") as bare, \
             Stack(work, env | {"HEADLINE_CONFIG": str(cfg)}) as api:
-        first = load(api.port, lambda i: req, 1, total=1)  # fills the cache (a MISS)
+        first = load(api.port, lambda i: api_req, 1, total=1)  # fills the cache (a MISS)
         assert first["errors"] == 0, "the API did not answer the cache-fill request"
-        for port in (bare.port, api.port):  # warm connections, code paths, Nginx keep-alive
-            load(port, lambda i: req, 16, seconds=2)
+        for port, req in ((bare.port, bare_req), (api.port, api_req)):  # warm connections, code paths
+            load(port, lambda i, req=req: req, 16, seconds=2)
         runs = {"bare": [], "api": []}
         for r in range(rounds):
-            for name, port in (("bare", bare.port), ("api", api.port)) if r % 2 == 0 else \
-                    (("api", api.port), ("bare", bare.port)):
-                runs[name].append(load(port, lambda i: req, 16, seconds=seconds))
+            for name, port, req in (("bare", bare.port, bare_req), ("api", api.port, api_req)) if r % 2 == 0 else \
+                    (("api", api.port, api_req), ("bare", bare.port, bare_req)):
+                runs[name].append(load(port, lambda i, req=req: req, 16, seconds=seconds))
             print(f"hit round {r + 1}: api {runs['api'][-1]['rps']:.0f} req/s, "
                   f"bare {runs['bare'][-1]['rps']:.0f} req/s", flush=True)
     ratios = [a["rps"] / b["rps"] for a, b in zip(runs["api"], runs["bare"])]
     return {name: {k: median([x[k] for x in rs]) for k in ("rps", "p50", "p99")} |
             {"errors": sum(x["errors"] for x in rs)} for name, rs in runs.items()} | {
         "ratio": median([x["rps"] for x in runs["api"]]) / median([x["rps"] for x in runs["bare"]]),
-        "round_ratios": ratios}
+        "round_ratios": ratios, "route": route}
 
 
 COUNTERS = {  # the instances' metrics that the cache-miss rounds read, summed over instances
@@ -438,6 +445,8 @@ def main() -> int:
     ap.add_argument("--themes", choices=("sample", "numbered"), default="sample",
                     help="cache-miss requests' themes: built from the sample news as for training "
                          "(default), or the earlier 'market news <round> <i>'")
+    ap.add_argument("--hit-route", choices=sorted(HIT_REQUESTS), default="/prompt",
+                    help="the route whose cache hits are measured against the bare app's /prompt")
     ap.add_argument("--cold-repeats", type=int, default=3)
     ap.add_argument("--skip-hit", action="store_true")
     ap.add_argument("--skip-miss", action="store_true")
@@ -464,7 +473,8 @@ def main() -> int:
         load_before = loadavg()
         results: dict = {"model": model_note, "load_before": load_before}
         if not args.skip_hit:
-            results["hit"] = bench_hit(work, env, model, redis_server.url, args.rounds, args.hit_seconds)
+            results["hit"] = bench_hit(work, env, model, redis_server.url, args.rounds, args.hit_seconds,
+                                       args.hit_route)
         if not args.skip_miss:
             results["miss"] = bench_miss(work, env, model, redis_server.url, args.miss_rounds,
                                          args.max_new_tokens, args.miss_requests, theme_source(args.themes))
@@ -503,7 +513,7 @@ def print_table(results: dict, args) -> None:
     if "hit" in results:
         h = results["hit"]
         a, b = h["api"], h["bare"]
-        print(f"| Cache hit, POST /prompt, 16 connections | {a['rps']:.0f} req/s | {a['p50']:.1f} / {a['p99']:.1f} ms "
+        print(f"| Cache hit, POST {h['route']}, 16 connections | {a['rps']:.0f} req/s | {a['p50']:.1f} / {a['p99']:.1f} ms "
               f"| bare Flask + 1 Redis GET: {b['rps']:.0f} req/s, {b['p50']:.1f} / {b['p99']:.1f} ms "
               f"| {h['ratio']:.1%} (rounds {min(h['round_ratios']):.0%}-{max(h['round_ratios']):.0%}) "
               f"| >= 80% | {a['errors'] + b['errors']} |")

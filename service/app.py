@@ -94,14 +94,14 @@ def create_app(config: Config | None = None, *, generator=None) -> Flask:
     app.extensions["headline"] = engine
 
     api = _Api(app)
-    schemas = register_views(api, engine)
+    lane_routes = register_views(api, engine)
     _register_hooks(app, api, engine)
     # API keys, per-key rate limits and the per-worker concurrency cap (issue 6); its hooks run
     # after _start (so refusals carry the request id) and refuse in the same error shape.
     security = init_security(app, cfg)
-    # Cache hits of POST /prompt are answered before Flask's request machinery (service.hitlane).
-    app.wsgi_app = CacheHitLane(app.wsgi_app, engine, security, schemas.PromptRequest.fast_load,
-                                valid_request_id)
+    # Cache hits of POST /prompt and /v1/headlines are answered before Flask's request machinery
+    # (service.hitlane).
+    app.wsgi_app = CacheHitLane(app.wsgi_app, engine, security, lane_routes, valid_request_id)
 
     background = generator is not None and not hasattr(generator, "generate") and callable(generator)
     host.start(generator, background=background)

@@ -1,14 +1,17 @@
-"""The cache-hit lane: ``POST /prompt`` answered from Redis before Flask's request machinery.
+"""The cache-hit lane: hits of ``POST /prompt`` and ``POST /v1/headlines`` answered from Redis
+before Flask's request machinery.
 
 A cache hit is one Redis GET, yet through Flask it also pays for what Flask does around every
 view: a request context, URL routing, werkzeug's request and response objects, the before- and
-after-request hooks, flask-smorest's argument parsing and wrappers. Under Gunicorn that was
-more than the GET itself. ``CacheHitLane`` wraps the app's WSGI callable and answers the
-common case itself: a valid ``{"prompt", "max_len"}`` body whose answer is in the cache. It
-sends what the Flask path sends (status, body bytes, and the headers Content-Type,
-Content-Length, X-Request-ID and X-Cache: HIT), counts the same metrics (requests and latency
-by route, cache hits, requests in flight) and holds a slot of the worker's concurrency cap
-while it works, as ``service.security`` does.
+after-request hooks, flask-smorest's argument parsing, response schema and wrappers. Under
+Gunicorn that was more than the GET itself. ``CacheHitLane`` wraps the app's WSGI callable and
+answers the common case itself: a valid body (the route's schema's ``fast_load``, which also
+fills in the defaults) whose answer is in the cache. It sends what the Flask path sends
+(status, body bytes, and the headers Content-Type, Content-Length, X-Request-ID and X-Cache:
+HIT), counts the same metrics (requests and latency by route, cache hits, requests in flight)
+and holds a slot of the worker's concurrency cap while it works, as ``service.security`` does.
+The views define what each route's body means and what its answer is (``LaneRoute``,
+service.views), so both ways share them.
 
 Everything else goes to the app as it came, the body it read put back: other routes and
 methods, ``Cache-Control: no-cache``, a body that the schema's fast check does not accept (the
@@ -31,31 +34,41 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from service import metrics
-from service.views import json_body, prompt_payload
 
 log = logging.getLogger(__name__)
 
-ROUTE = "/prompt"
+
+@dataclass(frozen=True)
+class LaneRoute:
+    """What the lane needs of a POST route (built by service.views.register_views)."""
+
+    fast_load: Callable[[Any], dict | None]  # the request schema's: the body's fields, or None
+    request: Callable[[dict], dict]  # the fields -> Engine.cached's keyword arguments
+    body: Callable[[dict], bytes]  # the cached value ({"headlines", "usage"}) -> the answer's body
 
 
 class CacheHitLane:
-    """WSGI middleware: ``CacheHitLane(app.wsgi_app, engine, security, fast_load, request_id)``."""
+    """WSGI middleware: ``CacheHitLane(app.wsgi_app, engine, security, {path: LaneRoute}, request_id)``."""
 
-    def __init__(self, app: Callable, engine, security, fast_load: Callable, request_id: Callable):
+    def __init__(self, app: Callable, engine, security, routes: dict[str, LaneRoute], request_id: Callable):
         self.app = app
         self.engine = engine
         self.security = security
-        self.fast_load = fast_load  # the /prompt schema's: the body's fields, or None (schemas.py)
+        self.routes = routes
         self.request_id = request_id  # an X-Request-ID value -> itself if valid, else None
         self.max_body = engine.cfg.service.max_body_bytes
 
     def __call__(self, environ: dict, start_response: Callable):
-        if (environ.get("PATH_INFO") == ROUTE and environ.get("REQUEST_METHOD") == "POST"
+        path = environ.get("PATH_INFO")
+        route = self.routes.get(path)
+        if (route is not None and environ.get("REQUEST_METHOD") == "POST"
                 and not self.security.auth_enabled and not self.engine.guards):
             try:
-                answer = self._hit(environ, start_response)
+                answer = self._hit(path, route, environ, start_response)
             except OSError:  # the body could not be read (client gone): the app deals with it
                 answer = None
             except Exception:  # noqa: BLE001 - the app answers instead, in its own way
@@ -65,7 +78,7 @@ class CacheHitLane:
                 return answer
         return self.app(environ, start_response)
 
-    def _hit(self, environ: dict, start_response: Callable) -> list[bytes] | None:
+    def _hit(self, path: str, route: LaneRoute, environ: dict, start_response: Callable) -> list[bytes] | None:
         """The answer when the request is a valid cache hit, else None (and the body put back)."""
         if (not self.engine.serves_hits()
                 or "no-cache" in environ.get("HTTP_CACHE_CONTROL", "").lower()
@@ -78,19 +91,19 @@ class CacheHitLane:
         body = environ["wsgi.input"].read(int(length))
         environ["wsgi.input"] = io.BytesIO(body)  # for the app, if the lane does not answer
         try:  # strictly UTF-8, as webargs decodes it (json.loads of bytes would take UTF-16 or a BOM)
-            fields = self.fast_load(json.loads(body.decode("utf-8")))
+            fields = route.fast_load(json.loads(body.decode("utf-8")))
         except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError included): the app's 400
             return None
         if fields is None or not self.security.slots.acquire(blocking=False):
             return None  # the app validates (422) or sheds (503) it
         metrics.INFLIGHT.inc()
         try:
-            value = self.engine.cached(theme=fields["prompt"], max_new_tokens=fields["max_len"], num_return=1)
+            value = self.engine.cached(**route.request(fields))
             if value is None:
                 return None
-            payload = json_body(prompt_payload(value["headlines"]))
+            payload = route.body(value)
             request_id = self.request_id(environ.get("HTTP_X_REQUEST_ID", "")) or uuid.uuid4().hex
-            metrics.observe_request(ROUTE, "POST", "200", time.perf_counter() - t0)
+            metrics.observe_request(path, "POST", "200", time.perf_counter() - t0)
             start_response("200 OK", [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(payload))),
                                       ("X-Request-ID", request_id), ("X-Cache", "HIT")])

@@ -8,7 +8,6 @@ config's limits and defaults. Every non-2xx answer goes through
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from flask import Response, current_app, g, make_response, request
 from flask.views import MethodView
@@ -18,10 +17,12 @@ from webargs.flaskparser import FlaskParser, abort
 
 from service import metrics
 from service.engine import Answer, Engine
+from service.hitlane import LaneRoute
 from service.schemas import (
     ErrorSchema,
     HeadlinesResponseSchema,
     HealthSchema,
+    ModelInfoSchema,
     ModelsResponseSchema,
     PromptResponseSchema,
     ReadySchema,
@@ -117,7 +118,8 @@ def _status_name(code: int) -> str:
 
 def json_body(payload: dict) -> bytes:
     """What ``@blp.response`` + ``jsonify`` would send (compact, sorted keys, ASCII, trailing
-    newline), for flat payloads of strings only. Also the body of service.hitlane's answers."""
+    newline), for payloads of JSON's own types (strings, numbers, booleans, None, lists, dicts)
+    that the response schema dumps unchanged. Also the body of service.hitlane's answers."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
@@ -127,9 +129,32 @@ def _json_response(payload: dict) -> Response:
     return Response(json_body(payload), mimetype="application/json")
 
 
+def prompt_request(body: dict) -> dict:
+    """``Engine.headlines``/``Engine.cached`` arguments of a valid POST /prompt body."""
+    return {"theme": body["prompt"], "max_new_tokens": body["max_len"], "num_return": 1}
+
+
 def prompt_payload(headlines: list[str]) -> dict:
     """The body of POST /prompt: the first headline (an empty string when there is none)."""
     return {"response": headlines[0] if headlines else ""}
+
+
+def headlines_request(body: dict) -> dict:
+    """``Engine.headlines``/``Engine.cached`` arguments of a valid POST /v1/headlines body."""
+    return {"theme": body.get("theme"), "article": body.get("article"), "category": body.get("category"),
+            "num_return": body["n"], "max_new_tokens": body["max_new_tokens"], "do_sample": body["do_sample"],
+            "temperature": body["temperature"], "top_p": body["top_p"], "top_k": body["top_k"],
+            "repetition_penalty": body["repetition_penalty"], "seed": body["seed"]}
+
+
+_MODEL_FIELDS = tuple(ModelInfoSchema._declared_fields)
+
+
+def headlines_payload(headlines: list[str], usage: dict, cached: bool, info: dict) -> dict:
+    """The body of POST /v1/headlines, as HeadlinesResponseSchema dumps it (``model`` holds the
+    schema's fields of the generator's info)."""
+    return {"headlines": headlines, "model": {k: info[k] for k in _MODEL_FIELDS if k in info},
+            "cached": cached, "usage": usage}
 
 
 def _note(answer: Answer) -> None:
@@ -147,8 +172,8 @@ def _no_cache() -> bool:
     return "no-cache" in request.headers.get("Cache-Control", "").lower()
 
 
-def register_views(api: Api, engine: Engine) -> SimpleNamespace:
-    """Register the blueprints; returns the request schemas they validate with."""
+def register_views(api: Api, engine: Engine) -> dict[str, LaneRoute]:
+    """Register the blueprints; returns the routes whose cache hits service.hitlane answers."""
     schemas = make_schemas(engine.cfg)
     gen_errors = (400, 401, 403, 413, 422, 429, 500, 503)
 
@@ -170,8 +195,8 @@ def register_views(api: Api, engine: Engine) -> SimpleNamespace:
             settings are config.yml's `generation` section. Send `Cache-Control: no-cache`
             to skip the cache.
             """
-            answer = _engine().headlines(theme=body["prompt"], field_name="prompt", no_cache=_no_cache(),
-                                         tokens_field="max_len", max_new_tokens=body["max_len"], num_return=1)
+            answer = _engine().headlines(**prompt_request(body), field_name="prompt", no_cache=_no_cache(),
+                                         tokens_field="max_len")
             _note(answer)
             return _json_response(prompt_payload(answer.headlines))
 
@@ -198,16 +223,9 @@ def register_views(api: Api, engine: Engine) -> SimpleNamespace:
             """
             field_name = "theme" if "theme" in body else "article"
             engine = _engine()
-            answer = engine.headlines(
-                theme=body.get("theme"), article=body.get("article"), category=body.get("category"),
-                field_name=field_name, no_cache=_no_cache(),
-                num_return=body["n"], max_new_tokens=body["max_new_tokens"], do_sample=body["do_sample"],
-                temperature=body["temperature"], top_p=body["top_p"], top_k=body["top_k"],
-                repetition_penalty=body["repetition_penalty"], seed=body["seed"],
-            )
+            answer = engine.headlines(**headlines_request(body), field_name=field_name, no_cache=_no_cache())
             _note(answer)
-            return {"headlines": answer.headlines, "model": engine.host.generator.info,
-                    "cached": answer.cached, "usage": answer.usage}
+            return headlines_payload(answer.headlines, answer.usage, answer.cached, engine.host.generator.info)
 
     # -- models -------------------------------------------------------------------
     models = Blueprint("models", __name__, description="The model being served")
@@ -280,4 +298,10 @@ def register_views(api: Api, engine: Engine) -> SimpleNamespace:
 
     for blp in (generate, models, ops):
         api.register_blueprint(blp)
-    return schemas
+
+    def headlines_hit(value: dict) -> bytes:
+        return json_body(headlines_payload(value["headlines"], value["usage"], True, engine.host.generator.info))
+
+    return {"/prompt": LaneRoute(schemas.PromptRequest.fast_load, prompt_request,
+                                 lambda value: json_body(prompt_payload(value["headlines"]))),
+            "/v1/headlines": LaneRoute(schemas.HeadlinesRequest.fast_load, headlines_request, headlines_hit)}

@@ -17,10 +17,11 @@ from service.hitlane import CacheHitLane
 BODY = {"prompt": "lane theme", "max_len": 4}
 
 
-def call(wsgi, body=BODY, *, raw: bytes | None = None, content_type="application/json", **headers):
-    """(status, headers dict, body bytes) of one POST /prompt through ``wsgi``."""
+def call(wsgi, body=BODY, *, raw: bytes | None = None, content_type="application/json", path="/prompt",
+         **headers):
+    """(status, headers dict, body bytes) of one POST ``path`` through ``wsgi``."""
     data = raw if raw is not None else json.dumps(body).encode()
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/prompt", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
                "SERVER_PORT": "8001", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
                "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data),
                "wsgi.errors": io.StringIO(), "wsgi.multithread": True, "wsgi.multiprocess": False,
@@ -188,3 +189,70 @@ def test_with_redis_down_the_lane_steps_aside(make_app, private_redis):
     status, headers, _ = call(app.wsgi_app)  # while the breaker is open: no GET, a bypass only
     assert (status, headers["X-Cache"]) == ("200 OK", "BYPASS")
     assert sample("headline_cache_events_total", event="error") == errors + 1
+
+
+# -- POST /v1/headlines -----------------------------------------------------------------------
+
+V1 = "/v1/headlines"
+
+
+@pytest.mark.parametrize("body", [
+    {"theme": "lane theme", "max_new_tokens": 4},
+    {"article": "Oil rose for a third day as supply fell.", "category": "business", "max_new_tokens": 3},
+    {"theme": "lane theme", "n": 2, "seed": 3, "max_new_tokens": 3},  # n > 1 samples; the seed caches it
+    {"theme": "  lane   theme ", "do_sample": True, "seed": 5, "temperature": 1, "top_k": 0, "top_p": 0.5,
+     "repetition_penalty": 1, "max_new_tokens": 3},
+])
+def test_a_v1_hit_is_answered_by_the_lane_exactly_as_by_flask(lane_app, body):
+    app, spy = lane_app
+    status, headers, generated = call(app.wsgi_app, body, path=V1)
+    assert (status, headers["X-Cache"], spy.calls) == ("200 OK", "MISS", 1)
+
+    lane = call(app.wsgi_app, body, path=V1, **{"X-Request-ID": "req-v1"})
+    assert spy.calls == 1  # the hit never reached Flask
+    flask = call(spy.app, body, path=V1, **{"X-Request-ID": "req-v1"})
+    assert lane == flask
+    assert lane[0] == "200 OK" and lane[1]["X-Cache"] == "HIT"
+    answer, first = json.loads(lane[2]), json.loads(generated)
+    assert answer["cached"] is True and first["cached"] is False
+    assert (answer["headlines"], answer["usage"], answer["model"]) == (first["headlines"], first["usage"], first["model"])
+    assert len(answer["headlines"]) == body.get("n", 1)
+
+
+def test_a_v1_hit_counts_under_its_own_route(lane_app):
+    app, _ = lane_app
+    body = {"theme": "lane theme", "max_new_tokens": 4}
+    call(app.wsgi_app, body, path=V1)
+    before = sample("headline_requests_total", route=V1, method="POST", status="200")
+    prompt_before = sample("headline_requests_total", route="/prompt", method="POST", status="200")
+    call(app.wsgi_app, body, path=V1)
+    assert sample("headline_requests_total", route=V1, method="POST", status="200") == before + 1
+    assert sample("headline_requests_total", route="/prompt", method="POST", status="200") == prompt_before
+
+
+def test_a_prompt_and_a_v1_request_with_the_same_settings_share_their_cache_entry(lane_app):
+    app, spy = lane_app
+    call(app.wsgi_app)  # POST /prompt generates "lane theme" with max_len 4 and the config's defaults
+    status, headers, body = call(app.wsgi_app, {"theme": "lane theme", "max_new_tokens": 4}, path=V1)
+    assert (status, headers["X-Cache"], spy.calls) == ("200 OK", "HIT", 1)
+    assert json.loads(body)["headlines"] == [json.loads(call(app.wsgi_app)[2])["response"]]
+
+
+@pytest.mark.parametrize(("body", "status", "x_cache"), [
+    ({"theme": "lane theme", "max_new_tokens": 4, "n": 0}, "422 UNPROCESSABLE ENTITY", None),
+    ({"theme": "lane theme", "article": "both", "max_new_tokens": 4}, "422 UNPROCESSABLE ENTITY", None),
+    ({"theme": "lane theme", "max_new_tokens": 4, "colour": "red"}, "422 UNPROCESSABLE ENTITY", None),
+    # Valid, in types the fast check leaves to marshmallow: Flask answers, from the same entry.
+    ({"theme": "lane theme", "max_new_tokens": 4, "temperature": "0.7"}, "200 OK", "HIT"),
+    # Sampling without a seed is never cached.
+    ({"theme": "lane theme", "max_new_tokens": 4, "do_sample": True}, "200 OK", "BYPASS"),
+])
+def test_what_is_not_a_valid_cached_v1_request_goes_to_flask(lane_app, body, status, x_cache):
+    app, spy = lane_app
+    call(app.wsgi_app, {"theme": "lane theme", "max_new_tokens": 4}, path=V1)  # cached from here on
+    calls = spy.calls
+    got_status, headers, answer = call(app.wsgi_app, body, path=V1)
+    assert spy.calls == calls + 1
+    assert got_status == status and headers.get("X-Cache") == x_cache
+    if status.startswith("422"):
+        assert "json" in json.loads(answer)["errors"]
