@@ -8,17 +8,18 @@ application itself executes per request instead: each WSGI app (ours, `service.c
 and the floor, `bench.serve:bare_app`) answers the same `POST /prompt` in a loop in its own
 process under valgrind's callgrind, once with 50 requests and once with 50 + ``--requests``;
 the difference of the two totals, divided by ``--requests``, is the instructions per request,
-with start-up and imports cancelled out. Our app is also counted on `POST /v1/headlines` hits (a
-theme and max_new_tokens, the other fields defaulted), beside the bare app's `/prompt`. For the same code the count is the same from run to
-run whatever else the machine is doing. An edit anywhere (this script included) moves both
-apps' counts by up to 3%, so compare the two apps of one run, and changes bigger than that.
+with start-up and imports cancelled out. Our app is also counted on `POST /v1/headlines` hits
+(a theme and max_new_tokens, the other fields defaulted), beside the bare app's `/prompt`. For
+the same code the count is the same from run to run whatever else the machine is doing. An
+edit anywhere (this script included) moves both apps' counts by up to 3%, so compare the apps
+of one run, and changes bigger than that.
 
 Our app runs with the repo's config.yml (API keys off as configured, so its hits take the
 cache-hit lane of service/hitlane.py; with keys on they go through Flask and its hooks;
 metrics, cache) against a private redis-server; its generator is a fixed stand-in,
 as the cache-hit path never reaches the model (one request made beforehand, a MISS, fills the
-cache through the batcher, so every counted request is a HIT; the last is checked). Needs valgrind (Debian
-package `valgrind`). Takes about two minutes on 2 cores.
+cache through the batcher, so every counted request is a HIT; the last is checked). Needs
+valgrind (Debian package `valgrind`). Takes about two minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ formatting characters and lone surrogates (``_plain_text``).
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import unicodedata
@@ -223,49 +224,68 @@ def make_schemas(cfg: Config) -> SimpleNamespace:
 
             Takes what the fields above take in plain JSON types (text as strings, integers as
             ints, numbers as ints or floats, do_sample as a boolean, category and seed also as
-            null) and fills the defaults in as ``load`` does. Anything else, valid or not (a
-            number as a string, a boolean where an integer goes), goes through ``load``, which
-            also writes the error messages. tests/service/test_fast_load.py checks that both
-            agree on every input where this returns a value.
+            null) and fills the defaults in as ``load`` does; a default is checked like a given
+            value (``load`` does not check defaults: one outside its field's range defers). The
+            ranges and defaults are read off the fields (``_number_checks``). Anything else, valid
+            or not (a number as a string, a boolean where an integer goes, an integer too large
+            for a float), goes through ``load``, which also writes the error messages.
+            tests/service/test_fast_load.py checks that both agree on every input where this
+            returns a value.
             """
             if type(data) is not dict or not data.keys() <= known_fields or ("theme" in data) == ("article" in data):
                 return None
-            name, limit = ("theme", svc.max_prompt_chars) if "theme" in data else ("article", svc.max_article_chars)
-            if not _fast_text(data[name], limit):
+            text, limit = ("theme", svc.max_prompt_chars) if "theme" in data else ("article", svc.max_article_chars)
+            if not _fast_text(data[text], limit):
                 return None
-            out = {name: data[name]}
+            out = {text: data[text]}
             category = data.get("category")
             if category is not None and not _fast_text(category, CATEGORY_MAX_CHARS):
                 return None
             out["category"] = category
-            seed = data.get("seed", gen.seed)
-            if seed is not None and not (type(seed) is int and 0 <= seed <= 2**63 - 1):
-                return None
             do_sample = data.get("do_sample", gen.do_sample)
             if type(do_sample) is not bool:
                 return None
-            for name, default, low, high in fast_ints:
-                value = data.get(name, default)
-                if type(value) is not int or not low <= value <= high:
+            out["do_sample"] = do_sample
+            for field, default, is_float, allow_none, in_range in number_checks:
+                value = data.get(field, default)
+                if value is None and allow_none:
+                    out[field] = None
+                    continue
+                if type(value) is not int and not (is_float and type(value) is float):
                     return None
-                out[name] = value
-            for name, default, low, high, low_inclusive in fast_floats:
-                value = data.get(name, default)
-                if type(value) not in (int, float):
+                if is_float:
+                    try:
+                        value = float(value)
+                    except OverflowError:  # an integer beyond float's range: load says so (422)
+                        return None
+                    if not math.isfinite(value):  # json.loads takes NaN and Infinity; load refuses them
+                        return None
+                if not in_range(value):
                     return None
-                value = float(value)
-                if not (value >= low if low_inclusive else value > low) or not value <= high:
-                    return None  # NaN and infinities (json.loads takes them) fail here too
-                out[name] = value
-            out["do_sample"], out["seed"] = do_sample, seed
+                out[field] = value
             return out
 
     known_fields = frozenset(HeadlinesRequestSchema._declared_fields)
-    # (name, default, min, max) of the integer fields, (name, default, min, max, min inclusive) of
-    # the float fields: the validators above, for HeadlinesRequestSchema.fast_load.
-    fast_ints = (("n", gen.num_headlines, 1, 10), ("max_new_tokens", gen.max_new_tokens, 1, svc.max_new_tokens_limit),
-                 ("top_k", gen.top_k, 0, 1000))
-    fast_floats = (("temperature", gen.temperature, 0, 5, False), ("top_p", gen.top_p, 0, 1, False),
-                   ("repetition_penalty", gen.repetition_penalty, 1, 5, True))
-
+    number_checks = _number_checks(HeadlinesRequestSchema)
     return SimpleNamespace(PromptRequest=PromptRequestSchema, HeadlinesRequest=HeadlinesRequestSchema)
+
+
+def _number_checks(schema_class) -> list[tuple]:
+    """(name, default, is_float, allow_none, in_range) of each Integer or Float field of a schema
+    class, for its fast_load: ``in_range(value)`` is its ``validate.Range``, nothing else may
+    validate it."""
+    checks = []
+    for name, field in schema_class._declared_fields.items():
+        if not isinstance(field, (fields.Integer, fields.Float)):
+            continue
+        ranges = [v for v in field.validators if isinstance(v, validate.Range)]
+        if len(ranges) != 1 or len(field.validators) != 1:
+            raise TypeError(f"{schema_class.__name__}.{name}: fast_load checks one validate.Range only")
+        r = ranges[0]
+
+        def in_range(value, r=r) -> bool:
+            return ((r.min is None or (value >= r.min if r.min_inclusive else value > r.min))
+                    and (r.max is None or (value <= r.max if r.max_inclusive else value < r.max)))
+
+        checks.append((name, field.load_default, isinstance(field, fields.Float), field.allow_none, in_range))
+    return checks

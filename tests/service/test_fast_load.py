@@ -63,10 +63,11 @@ HEADLINE_VALUES = {
     "n": [1, 10, 0, 11, 2.0, True, "2", None],
     "max_new_tokens": [1, LIMIT, 0, LIMIT + 1, 8.0, False, None],
     "do_sample": [True, False, 1, 0, "true", None],
-    "temperature": [0.7, 5, 5.0, 1e-9, 0, 0.0, 5.5, -1, float("nan"), float("inf"), "0.5", True, None],
+    "temperature": [0.7, 5, 5.0, 1e-9, 0, 0.0, 5.5, -1, float("nan"), float("inf"), 10**400, -10**400, "0.5",
+                    True, None],
     "top_p": [1, 1.0, 0.5, 0, 1.01, float("nan"), "1", False],
     "top_k": [0, 1000, 50, -1, 1001, 5.0, True, None],
-    "repetition_penalty": [1, 1.0, 5, 4.99, 0.99, 5.01, float("-inf"), "1.2", True, None],
+    "repetition_penalty": [1, 1.0, 5, 4.99, 0.99, 5.01, float("-inf"), 2**1024, "1.2", True, None],
     "seed": [0, 7, 2**63 - 1, 2**63, -1, None, 7.0, True, "7"],
 }
 

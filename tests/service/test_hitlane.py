@@ -246,6 +246,8 @@ def test_a_prompt_and_a_v1_request_with_the_same_settings_share_their_cache_entr
     ({"theme": "lane theme", "max_new_tokens": 4, "temperature": "0.7"}, "200 OK", "HIT"),
     # Sampling without a seed is never cached.
     ({"theme": "lane theme", "max_new_tokens": 4, "do_sample": True}, "200 OK", "BYPASS"),
+    # An integer too large for a float: the full load's 422, not a failure of the fast check.
+    ({"theme": "lane theme", "max_new_tokens": 4, "temperature": 10**400}, "422 UNPROCESSABLE ENTITY", None),
 ])
 def test_what_is_not_a_valid_cached_v1_request_goes_to_flask(lane_app, body, status, x_cache):
     app, spy = lane_app
@@ -256,3 +258,38 @@ def test_what_is_not_a_valid_cached_v1_request_goes_to_flask(lane_app, body, sta
     assert got_status == status and headers.get("X-Cache") == x_cache
     if status.startswith("422"):
         assert "json" in json.loads(answer)["errors"]
+
+
+def test_a_v1_hit_is_dumped_by_the_response_schema_both_ways(lane_app):
+    """An entry of another shape (an older code's, say) is answered alike both ways: the lane dumps
+    its answer through the response schema, as flask-smorest does for the view."""
+    from service.views import headlines_request
+
+    app, spy = lane_app
+    body = {"theme": "odd entry theme", "max_new_tokens": 4}
+    engine = app.extensions["headline"]
+    fields = app.wsgi_app.routes[V1].fast_load(body)
+    args = headlines_request(fields)
+    key = engine._prepare(engine.host.generator, args.pop("theme"), args.pop("article"), args.pop("category"),
+                          args)[-1]
+    engine.cache.client.set(key, json.dumps({"headlines": ["A", 5], "usage": {
+        "prompt_tokens": 3, "completion_tokens": 8.0, "cached_tokens": 1}}))
+    lane = call(app.wsgi_app, body, path=V1, **{"X-Request-ID": "odd"})
+    assert spy.calls == 0 and lane[1]["X-Cache"] == "HIT"
+    assert lane == call(spy.app, body, path=V1, **{"X-Request-ID": "odd"})
+    answer = json.loads(lane[2])
+    assert answer["headlines"] == ["A", "5"] and answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 8}
+
+
+@pytest.mark.parametrize("info", [{"name": "tiny", "run": None, "version": "abc"},
+                                  {"name": "tiny", "run": "20260101-000000-x", "version": "abc"}])
+def test_what_the_lane_sends_undumped_is_what_the_schema_dumps(info):
+    from service.schemas import HeadlinesResponseSchema
+    from service.views import _dumped, headlines_payload
+
+    payload = headlines_payload(["Oil climbs", "Ölpreis steigt"], {"prompt_tokens": 9, "completion_tokens": 7},
+                                True, info)
+    assert _dumped(payload) and HeadlinesResponseSchema().dump(payload) == payload
+    for odd in ({**info, "extra": 1}, {k: v for k, v in info.items() if k != "run"}):
+        assert not _dumped(headlines_payload(["x"], {"prompt_tokens": 1, "completion_tokens": 1}, True, odd))
+    assert not _dumped(headlines_payload(["x"], {"prompt_tokens": 1, "completion_tokens": True}, True, info))
