@@ -106,6 +106,10 @@ def test_stack_through_nginx_survives_losing_an_instance(tmp_path, tiny_model_di
             assert status == 200, body
         status, headers, _ = _post(port, "/prompt", {"prompt": "oil price", "max_len": 50})
         assert headers["X-Cache"] == "HIT"  # shared Redis: whichever instance answers
+        # A /v1/headlines hit (the cache-hit lane under Gunicorn): the answer generated for theme 0.
+        status, headers, hit = _post(port, "/v1/headlines", {"theme": "theme 0", "max_new_tokens": 4},
+                                     {"X-Request-ID": "e2e-v1"})
+        assert (status, headers["X-Cache"], headers["X-Request-ID"], hit["cached"]) == (200, "HIT", "e2e-v1", True)
         status, _, body = _post(port, "/prompt", {"prompt": "x" * 70_000, "max_len": 5})
         assert status == 413 and body["code"] == 413
 
