@@ -150,6 +150,25 @@ class HeadlineTrainer(Trainer):
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         self._keep_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Loading a checkpoint (the best one at the end, or one to resume from) warns of the keys it
+        lacked. A model with tied embeddings is saved with its shared weight once, so the LM head
+        is always "missing" although it is the loaded embedding: such keys are tied again and not
+        reported (Hugging Face's own check compares with ``_keys_to_ignore_on_save``, which such
+        models leave empty). Any other missing or unexpected key is reported as before."""
+        missing = set(load_result.missing_keys)
+        if missing:
+            names_of: dict[int, list[str]] = {}
+            for name, param in self.model.named_parameters(remove_duplicate=False):
+                names_of.setdefault(id(param), []).append(name)
+            tied = {name for names in names_of.values() if not missing.issuperset(names)
+                    for name in names if name in missing}
+            if tied:
+                self.model.tie_weights()
+                load_result = load_result._replace(
+                    missing_keys=[k for k in load_result.missing_keys if k not in tied])
+        super()._issue_warnings_after_load(load_result)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         if self._keep_logits and labels is not None:

@@ -306,3 +306,31 @@ def test_lora_trains_and_saves_a_merged_plain_model(tiny_model_dir, tmp_path):
     b, m = dict(base.named_parameters()), dict(merged.named_parameters())
     assert not torch.equal(b["transformer.h.0.attn.c_attn.weight"], m["transformer.h.0.attn.c_attn.weight"])
     assert torch.equal(b["transformer.h.0.mlp.c_fc.weight"], m["transformer.h.0.mlp.c_fc.weight"])
+
+
+def test_loading_the_best_checkpoint_of_a_tied_model_warns_of_nothing(tiny_model_dir, tmp_path):
+    """The tiny model ties its LM head to its embedding (as SmolLM2 does): the checkpoint holds
+    that weight once, and loading the best checkpoint at the end used to warn that the LM head
+    was missing. It is tied, and the run's model still has one shared weight."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # "Loading best model" is an info
+    try:
+        cfg = tiny_cfg(tiny_model_dir, tmp_path, "train.max_steps=4", "train.eval_steps=2", "train.save_steps=2")
+        run_dir = train(cfg, progress_json=None, show_bar=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [r.getMessage() for r in records]
+    assert any("Loading best model" in m for m in messages), messages  # the best checkpoint was loaded
+    assert not [m for m in messages if "missing keys" in m or "unexpected keys" in m], messages
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert model.lm_head.weight is model.get_input_embeddings().weight
