@@ -41,9 +41,11 @@ TASKS = ("theme", "article")
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    # The default tokenizer (lower-cased words, Porter-stemmed), given explicitly: left to pick
+    # it, the scorer logs "Using default tokenizer." to stderr on every evaluation.
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=tokenizers.DefaultTokenizer(use_stemmer=True))
 
 
 def rouge(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
