@@ -14,9 +14,10 @@ the same code the count is the same from run to run whatever else the machine is
 edit anywhere (this script included) moves both apps' counts by up to 3%, so compare the apps
 of one run, and changes bigger than that.
 
-Our app runs with the repo's config.yml (API keys off as configured, so its hits take the
-cache-hit lane of service/hitlane.py; with keys on they go through Flask and its hooks;
-metrics, cache) against a private redis-server; its generator is a fixed stand-in,
+Our app runs with the repo's config.yml (API keys off as configured; metrics, cache; its hits
+take the cache-hit lane of service/hitlane.py), and once more with API keys and rate limits on
+(a key of its own, whose check and per-minute count the lane does too), against a private
+redis-server; its generator is a fixed stand-in,
 as the cache-hit path never reaches the model (one request made beforehand, a MISS, fills the
 cache through the batcher, so every counted request is a HIT; the last is checked). Needs
 valgrind (Debian package `valgrind`). Takes about two minutes on 2 cores.
@@ -39,9 +40,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # What each child answers: the bare app and ours the original contract, "api-v1" our /v1/headlines
 # with the usual body (the other fields take config.yml's defaults).
+# "api-keys" is our /prompt with API keys and rate limits on (as in the compose stack).
 REQUESTS = {"bare": ("/prompt", {"prompt": "oil price", "max_len": 16}),
             "api": ("/prompt", {"prompt": "oil price", "max_len": 16}),
-            "api-v1": ("/v1/headlines", {"theme": "oil price", "max_new_tokens": 16})}
+            "api-v1": ("/v1/headlines", {"theme": "oil price", "max_new_tokens": 16}),
+            "api-keys": ("/prompt", {"prompt": "oil price", "max_len": 16})}
 WARM = 50  # requests of both runs: the first ones pay for lazy imports and first-call caches
 
 
@@ -64,7 +67,7 @@ class FixedGenerator:
                            completion_tokens=8, finished=[True]) for p in prompts]
 
 
-def environ(path: str, body: bytes) -> dict:
+def environ(path: str, body: bytes, extra: dict | None = None) -> dict:
     """What Gunicorn hands the app for a request that came through our Nginx."""
     return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "8001", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
@@ -72,13 +75,14 @@ def environ(path: str, body: bytes) -> dict:
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True,
             "wsgi.run_once": False, "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8080",
             "HTTP_X_REQUEST_ID": "0f6c2a9e41d34b8c", "HTTP_X_FORWARDED_FOR": "127.0.0.1",
-            "HTTP_X_FORWARDED_PROTO": "http", "HTTP_CONNECTION": "keep-alive"}
+            "HTTP_X_FORWARDED_PROTO": "http", "HTTP_CONNECTION": "keep-alive", **(extra or {})}
 
 
 def child(app_name: str, requests: int, redis_url: str) -> None:
     """Build one app and answer ``requests`` requests (run under callgrind by the parent)."""
     sys.path.insert(0, str(REPO))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hit-cpu-prom-")
+    extra = None
     if app_name == "bare":
         os.environ["BENCH_REDIS_URL"] = redis_url
         from bench.serve import bare_app
@@ -88,7 +92,16 @@ def child(app_name: str, requests: int, redis_url: str) -> None:
         from config import load_config
         from service import create_app
 
-        cfg = load_config(None, ["service.warmup=false", f"service.cache.redis_url={redis_url}"])
+        overrides = ["service.warmup=false", f"service.cache.redis_url={redis_url}"]
+        if app_name == "api-keys":  # a key of its own, a limit it never reaches
+            from service.auth import KeyStore
+
+            keys_file = Path(tempfile.mkdtemp(prefix="hit-cpu-keys-")) / "api_keys.json"
+            _, key = KeyStore(keys_file).create("bench", ["generate"])
+            extra = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+            overrides += ["service.auth.enabled=true", f"service.auth.keys_file={keys_file}",
+                          "service.rate_limit.requests_per_minute=1000000000"]
+        cfg = load_config(None, overrides)
         app = create_app(cfg, generator=FixedGenerator())
     path, payload = REQUESTS[app_name]
     data = json.dumps(payload).encode()
@@ -99,7 +112,7 @@ def child(app_name: str, requests: int, redis_url: str) -> None:
 
     body = b""
     for _ in range(requests):
-        result = app(environ(path, data), start_response)
+        result = app(environ(path, data, extra), start_response)
         body = b"".join(result)
         getattr(result, "close", lambda: None)()
     x_cache = dict(headers).get("X-Cache")
@@ -164,6 +177,8 @@ def main() -> int:
           f"{(per['api'] - per['bare']) / 1000:+.0f}K)")
     print(f"  our app (POST /v1/headlines, HIT): {per['api-v1'] / 1000:.0f}K  "
           f"({per['api-v1'] / per['bare']:.2f}x the bare app)")
+    print(f"  our app with API keys on (POST /prompt, HIT): {per['api-keys'] / 1000:.0f}K  "
+          f"({per['api-keys'] / per['bare']:.2f}x the bare app)")
     return 0
 
 

@@ -16,8 +16,12 @@ service.views), so both ways share them.
 Everything else goes to the app as it came, the body it read put back: other routes and
 methods, ``Cache-Control: no-cache``, a body that the schema's fast check does not accept (the
 app then answers it, 400 and 422 included), a cache miss, Redis unavailable, the model not
-ready, a full concurrency cap, and every request while API keys are on (``service.auth``: key
-checks and per-key rate limits stay in one place), or if the lane itself fails.
+ready, a full concurrency cap, a request whose API key the route does not admit (missing,
+invalid, revoked, or without the route's scope) or whose key is over its rate limit, and any
+failure of the lane itself. With API keys on (``service.auth``), the lane checks the key as the
+app does (``Security.identify``, one piece of code for both) before it reads the body, and
+counts a hit against the key's requests per minute (``RateLimiter.check``) only once it has the
+answer: a request it leaves to the app is counted there, once.
 tests/service/test_hitlane.py checks that both ways answer a hit alike.
 
 What it costs: a miss pays one more Redis GET (the lane's) before Flask's. When that GET finds
@@ -49,6 +53,7 @@ class LaneRoute:
     fast_load: Callable[[Any], dict | None]  # the request schema's: the body's fields, or None
     request: Callable[[dict], dict]  # the fields -> Engine.cached's keyword arguments
     body: Callable[[dict], bytes]  # the cached value ({"headlines", "usage"}) -> the answer's body
+    scope: str  # what an API key needs for the route (its view's required_scope)
 
 
 class CacheHitLane:
@@ -65,8 +70,7 @@ class CacheHitLane:
     def __call__(self, environ: dict, start_response: Callable):
         path = environ.get("PATH_INFO")
         route = self.routes.get(path)
-        if (route is not None and environ.get("REQUEST_METHOD") == "POST"
-                and not self.security.auth_enabled and not self.engine.guards):
+        if route is not None and environ.get("REQUEST_METHOD") == "POST" and not self.engine.guards:
             try:
                 answer = self._hit(path, route, environ, start_response)
             except OSError:  # the body could not be read (client gone): the app deals with it
@@ -87,6 +91,11 @@ class CacheHitLane:
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or not 0 < int(length) <= self.max_body:
             return None
+        security, key = self.security, None
+        if security.auth_enabled:  # only a key the route admits goes on; the app refuses the others
+            key, refused = security.identify(environ.get("HTTP_AUTHORIZATION", ""), route.scope)
+            if refused is not None:
+                return None
         t0 = time.perf_counter()
         body = environ["wsgi.input"].read(int(length))
         environ["wsgi.input"] = io.BytesIO(body)  # for the app, if the lane does not answer
@@ -103,6 +112,14 @@ class CacheHitLane:
                 return None
             payload = route.body(value)
             request_id = self.request_id(environ.get("HTTP_X_REQUEST_ID", "")) or uuid.uuid4().hex
+            # A hit counts against the key's requests per minute, as in the app, and only a hit
+            # about to be sent: what the lane leaves to the app is counted there. A refused check
+            # counts nothing, so the app checks again and answers the 429. (A hit costs no
+            # generated tokens.)
+            if key is not None:
+                if security.limiter is not None and not security.limiter.check(key.id).allowed:
+                    return None
+                environ["headline.api_key_id"] = key.id  # as the app's key check leaves it
             metrics.observe_request(path, "POST", "200", time.perf_counter() - t0)
             start_response("200 OK", [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(payload))),

@@ -283,25 +283,37 @@ class Security:
         g._get_current_object()._security_slot = True
         return None
 
-    def _authenticate(self, scope: str) -> tuple[KeyRecord | None, Response | None]:
-        header = request.headers.get("Authorization", "")
-        realm = 'Bearer realm="headline-studio"'
+    def identify(self, header: str, scope: str) -> tuple[KeyRecord | None, str | None]:
+        """The key an Authorization header carries and why it is refused for ``scope``: (record,
+        None) when admitted, else (None, "missing" | "invalid") or (record, "scope"). No side
+        effects: the hook below and service.hitlane (which only goes on when admitted) share it."""
+        if not header:
+            return None, "missing"
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        if not header:
-            AUTH_REJECTED.labels("missing").inc()
-            return None, error_response(401, "missing API key: send the header Authorization: Bearer <key>",
-                                        {"WWW-Authenticate": realm})
         record = None
         if scheme.lower() == "bearer" and 0 < len(token) <= MAX_AUTH_HEADER:
             record = self.keys.verify(token)
         if record is None:
+            return None, "invalid"
+        if scope != ANY_KEY and scope not in record.scopes:
+            return record, "scope"
+        return record, None
+
+    def _authenticate(self, scope: str) -> tuple[KeyRecord | None, Response | None]:
+        realm = 'Bearer realm="headline-studio"'
+        record, refused = self.identify(request.headers.get("Authorization", ""), scope)
+        if refused == "missing":
+            AUTH_REJECTED.labels("missing").inc()
+            return None, error_response(401, "missing API key: send the header Authorization: Bearer <key>",
+                                        {"WWW-Authenticate": realm})
+        if refused == "invalid":
             AUTH_REJECTED.labels("invalid").inc()
             return None, error_response(401, "invalid or revoked API key",
                                         {"WWW-Authenticate": f'{realm}, error="invalid_token"'})
         g.api_key_id = record.id
         request.environ["headline.api_key_id"] = record.id  # for access logs: the id, never the key
-        if scope != ANY_KEY and scope not in record.scopes:
+        if refused == "scope":
             AUTH_REJECTED.labels("scope").inc()
             log.info("key %s (%s) lacks scope %s for %s", record.id, record.name, scope, request.path)
             return record, error_response(

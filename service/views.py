@@ -322,5 +322,7 @@ def register_views(api: Api, engine: Engine) -> dict[str, LaneRoute]:
         # service caches (headline strings, the usage's two ints): it is skipped for that.
         return json_body(payload if _dumped(payload) else headlines_schema.dump(payload))
 
-    return {"/prompt": LaneRoute(schemas.PromptRequest.fast_load, prompt_request, prompt_hit),
-            "/v1/headlines": LaneRoute(schemas.HeadlinesRequest.fast_load, headlines_request, headlines_hit)}
+    return {"/prompt": LaneRoute(schemas.PromptRequest.fast_load, prompt_request, prompt_hit,
+                                 Prompt.required_scope),
+            "/v1/headlines": LaneRoute(schemas.HeadlinesRequest.fast_load, headlines_request, headlines_hit,
+                                       Headlines.required_scope)}

@@ -15,6 +15,7 @@ import pytest
 from service.hitlane import CacheHitLane
 
 BODY = {"prompt": "lane theme", "max_len": 4}
+V1 = "/v1/headlines"
 
 
 def call(wsgi, body=BODY, *, raw: bytes | None = None, content_type="application/json", path="/prompt",
@@ -152,10 +153,91 @@ def test_a_full_worker_sheds_a_hit_as_flask_does(lane_app):
     assert call(app.wsgi_app)[1]["X-Cache"] == "HIT"  # every slot was given back
 
 
-def test_with_api_keys_on_every_request_goes_to_flask(make_app):
-    app = make_app(**{"auth.enabled": "true"})
-    status, headers, body = call(app.wsgi_app)
-    assert status.startswith("401") and "WWW-Authenticate" in headers
+# -- API keys on ------------------------------------------------------------------------------
+
+@pytest.fixture()
+def keyed_app(make_app, tmp_path):
+    """(app, spy, keys): API keys and rate limits on, one key per scope set."""
+    from service.auth import KeyStore
+
+    path = tmp_path / "api_keys.json"
+    store = KeyStore(path)
+    keys = {}
+    for name, scopes in (("generate", ["generate"]), ("admin", ["admin"]), ("other", ["generate"])):
+        record, plain = store.create(name, scopes)
+        keys[name], keys[name + "_id"] = plain, record.id
+
+    def factory(**overrides):
+        app = make_app(**{"auth.enabled": "true", "auth.keys_file": str(path), **overrides})
+        spy = app.wsgi_app.app = Spy(app.wsgi_app.app)
+        return app, spy, keys
+
+    return factory
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("path", ["/prompt", V1])
+def test_with_api_keys_on_a_hit_with_an_admitted_key_is_answered_by_the_lane(keyed_app, path):
+    app, spy, keys = keyed_app()
+    body = BODY if path == "/prompt" else {"theme": "lane theme", "max_new_tokens": 4}
+    assert call(app.wsgi_app, body, path=path, **auth(keys["generate"]))[1]["X-Cache"] == "MISS"
+    lane = call(app.wsgi_app, body, path=path, **auth(keys["generate"]), **{"X-Request-ID": "k-1"})
+    assert spy.calls == 1 and lane[0] == "200 OK" and lane[1]["X-Cache"] == "HIT"
+    assert lane == call(spy.app, body, path=path, **auth(keys["generate"]), **{"X-Request-ID": "k-1"})
+
+
+@pytest.mark.parametrize(("header", "status", "reason"), [
+    (None, "401 UNAUTHORIZED", "missing"),
+    ("Bearer hs_nosuchkey_0000", "401 UNAUTHORIZED", "invalid"),
+    ("Basic dXNlcjpwYXNz", "401 UNAUTHORIZED", "invalid"),
+    ("admin", "403 FORBIDDEN", "scope"),  # a valid key without the generate scope
+])
+def test_with_api_keys_on_a_cached_request_without_an_admitted_key_is_refused_by_flask(
+        keyed_app, header, status, reason):
+    app, spy, keys = keyed_app()
+    call(app.wsgi_app, **auth(keys["generate"]))  # BODY is cached from here on
+    headers = {} if header is None else {"Authorization": auth(keys[header])["Authorization"]
+                                         if header in keys else header}
+    rejected = sample("headline_auth_rejected_total", reason=reason)
+    got, response_headers, answer = call(app.wsgi_app, **headers)
+    assert got == status and spy.calls == 2 and "X-Cache" not in response_headers
+    assert "WWW-Authenticate" in response_headers and json.loads(answer)["code"] == int(status[:3])
+    assert sample("headline_auth_rejected_total", reason=reason) == rejected + 1  # counted once, by Flask
+
+
+def test_with_api_keys_on_a_revoked_key_is_refused_at_once(keyed_app):
+    from service.auth import KeyStore
+
+    app, spy, keys = keyed_app()
+    call(app.wsgi_app, **auth(keys["generate"]))
+    assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "HIT"
+    KeyStore(app.extensions["security"].keys.path).revoke(keys["generate_id"])
+    status, _, _ = call(app.wsgi_app, **auth(keys["generate"]))
+    assert status == "401 UNAUTHORIZED" and spy.calls == 2
+
+
+def test_with_api_keys_on_every_request_counts_once_against_its_key(keyed_app):
+    app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "3"})
+    statuses = [call(app.wsgi_app, **auth(keys["generate"]))[1].get("X-Cache") for _ in range(3)]
+    assert statuses == ["MISS", "HIT", "HIT"] and spy.calls == 1  # 1 request through Flask, 2 through the lane
+    status, headers, answer = call(app.wsgi_app, **auth(keys["generate"]))
+    assert status == "429 TOO MANY REQUESTS" and spy.calls == 2 and int(headers["Retry-After"]) >= 1
+    assert "3 requests per minute" in json.loads(answer)["message"]
+    # Another key has its own budget, and its hits go through the lane.
+    assert call(app.wsgi_app, **auth(keys["other"]))[1]["X-Cache"] == "HIT" and spy.calls == 2
+
+
+def test_with_api_keys_on_a_hit_left_to_flask_is_counted_once(keyed_app):
+    # A request the lane leaves to Flask (here: no-cache) is counted by Flask alone: with a budget of
+    # 2, a MISS and a BYPASS use it up, and the third request is refused.
+    app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "2"})
+    assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "MISS"
+    assert call(app.wsgi_app, **auth(keys["generate"]), **{"Cache-Control": "no-cache"})[1]["X-Cache"] == "BYPASS"
+    assert call(app.wsgi_app, **auth(keys["generate"]))[0] == "429 TOO MANY REQUESTS"
+    assert spy.calls == 3
 
 
 def test_a_failing_lane_leaves_the_request_to_flask(make_app, monkeypatch):
@@ -192,8 +274,6 @@ def test_with_redis_down_the_lane_steps_aside(make_app, private_redis):
 
 
 # -- POST /v1/headlines -----------------------------------------------------------------------
-
-V1 = "/v1/headlines"
 
 
 @pytest.mark.parametrize("body", [
