@@ -18,10 +18,12 @@ methods, ``Cache-Control: no-cache``, a body that the schema's fast check does n
 app then answers it, 400 and 422 included), a cache miss, Redis unavailable, the model not
 ready, a full concurrency cap, a request whose API key the route does not admit (missing,
 invalid, revoked, or without the route's scope) or whose key is over its rate limit, and any
-failure of the lane itself. With API keys on (``service.auth``), the lane checks the key as the
-app does (``Security.identify``, one piece of code for both) before it reads the body, and
-counts a hit against the key's requests per minute (``RateLimiter.check``) only once it has the
-answer: a request it leaves to the app is counted there, once.
+failure of the lane itself (unless it has already started its answer). With API keys on
+(``service.auth``), the lane checks the key as the app does (``Security.identify``, one piece of
+code for both) before it reads the body, and counts a valid body against the key's requests per
+minute (``RateLimiter.check``) before the concurrency slot and the cache, in the app's order; a
+request it counted and then leaves to the app is marked (``RATE_COUNTED``), so that every request
+is counted once.
 tests/service/test_hitlane.py checks that both ways answer a hit alike.
 
 What it costs: a miss pays one more Redis GET (the lane's) before Flask's. When that GET finds
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import metrics
+from service.security import RATE_COUNTED
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +74,20 @@ class CacheHitLane:
         path = environ.get("PATH_INFO")
         route = self.routes.get(path)
         if route is not None and environ.get("REQUEST_METHOD") == "POST" and not self.engine.guards:
+            started = []
+
+            def start(status, headers, exc_info=None):
+                started.append(status)
+                return start_response(status, headers, exc_info)
+
             try:
-                answer = self._hit(path, route, environ, start_response)
-            except OSError:  # the body could not be read (client gone): the app deals with it
-                answer = None
-            except Exception:  # noqa: BLE001 - the app answers instead, in its own way
-                log.exception("the cache-hit lane failed; the app answers the request")
-                answer = None
+                answer = self._hit(path, route, environ, start)
+            except Exception as exc:
+                if started:  # answered already: the app must not answer again
+                    raise
+                if not isinstance(exc, OSError):  # OSError: the body could not be read (client gone)
+                    log.exception("the cache-hit lane failed; the app answers the request")
+                answer = None  # the app answers instead, in its own way
             if answer is not None:
                 return answer
         return self.app(environ, start_response)
@@ -91,20 +101,30 @@ class CacheHitLane:
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or not 0 < int(length) <= self.max_body:
             return None
+        t0 = time.perf_counter()
         security, key = self.security, None
         if security.auth_enabled:  # only a key the route admits goes on; the app refuses the others
             key, refused = security.identify(environ.get("HTTP_AUTHORIZATION", ""), route.scope)
             if refused is not None:
                 return None
-        t0 = time.perf_counter()
         body = environ["wsgi.input"].read(int(length))
         environ["wsgi.input"] = io.BytesIO(body)  # for the app, if the lane does not answer
         try:  # strictly UTF-8, as webargs decodes it (json.loads of bytes would take UTF-16 or a BOM)
             fields = route.fast_load(json.loads(body.decode("utf-8")))
         except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError included): the app's 400
             return None
-        if fields is None or not self.security.slots.acquire(blocking=False):
-            return None  # the app validates (422) or sheds (503) it
+        if fields is None:
+            return None  # the app validates it (422)
+        # The key's rate limit, counted here as in the app's hook: before the slot and the cache
+        # (a refused request is not a cache hit). A refused check counts nothing, so the app checks
+        # again and answers the 429; once counted, the request is marked so that the app, if the
+        # lane leaves it to it (a miss, a full cap), does not count it again.
+        if key is not None and security.limiter is not None:
+            if not security.limiter.check(key.id).allowed:
+                return None
+            environ[RATE_COUNTED] = key.id
+        if not security.slots.acquire(blocking=False):
+            return None  # the app sheds it (503)
         metrics.INFLIGHT.inc()
         try:
             value = self.engine.cached(**route.request(fields))
@@ -112,13 +132,7 @@ class CacheHitLane:
                 return None
             payload = route.body(value)
             request_id = self.request_id(environ.get("HTTP_X_REQUEST_ID", "")) or uuid.uuid4().hex
-            # A hit counts against the key's requests per minute, as in the app, and only a hit
-            # about to be sent: what the lane leaves to the app is counted there. A refused check
-            # counts nothing, so the app checks again and answers the 429. (A hit costs no
-            # generated tokens.)
-            if key is not None:
-                if security.limiter is not None and not security.limiter.check(key.id).allowed:
-                    return None
+            if key is not None:  # (a hit costs the key no generated tokens)
                 environ["headline.api_key_id"] = key.id  # as the app's key check leaves it
             metrics.observe_request(path, "POST", "200", time.perf_counter() - t0)
             start_response("200 OK", [("Content-Type", "application/json"),

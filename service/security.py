@@ -66,6 +66,10 @@ SHED = Counter("headline_shed_requests", "API requests refused with 503 because 
 # Sliding-window counter for requests and tokens of one key. KEYS: requests this window,
 # requests last window, tokens this window, tokens last window. ARGV: requests limit, tokens
 # limit, weight of the last window (1 - elapsed/window), TTL. Admit = count the request.
+# WSGI environ key: the id of the API key whose rate limit service.hitlane counted this request
+# against (see Security.before).
+RATE_COUNTED = "headline.rate_counted"
+
 _CHECK = """
 local rl, tl, w, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local rc = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -264,7 +268,10 @@ class Security:
                 return refusal
         if not self.is_api(rule.rule):
             return None
-        if record is not None and self.limiter is not None:
+        # A request that service.hitlane counted already (and left to the app: a miss, say) is
+        # not counted twice. Only the lane sets this WSGI environ key; clients cannot (their
+        # headers arrive as HTTP_* keys).
+        if record is not None and self.limiter is not None and req.environ.get(RATE_COUNTED) != record.id:
             verdict = self.limiter.check(record.id)
             if not verdict.allowed:
                 RATE_LIMITED.labels(verdict.limit).inc()

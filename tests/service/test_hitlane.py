@@ -373,3 +373,47 @@ def test_what_the_lane_sends_undumped_is_what_the_schema_dumps(info):
     for odd in ({**info, "extra": 1}, {k: v for k, v in info.items() if k != "run"}):
         assert not _dumped(headlines_payload(["x"], {"prompt_tokens": 1, "completion_tokens": 1}, True, odd))
     assert not _dumped(headlines_payload(["x"], {"prompt_tokens": 1, "completion_tokens": True}, True, info))
+
+
+def test_with_api_keys_on_a_lane_failure_after_the_count_is_not_counted_again(keyed_app, monkeypatch):
+    from service import metrics
+
+    app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "2"})
+    assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "MISS"  # 1 of 2
+    real, failures = metrics.observe_request, []
+
+    def fails_once(*args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise RuntimeError("metrics bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "observe_request", fails_once)
+    status, headers, _ = call(app.wsgi_app, **auth(keys["generate"]))  # the lane counted it, then failed
+    assert (status, headers["X-Cache"], spy.calls, len(failures)) == ("200 OK", "HIT", 2, 1)  # 2 of 2
+    assert call(app.wsgi_app, **auth(keys["generate"]))[0] == "429 TOO MANY REQUESTS"
+
+
+def test_with_api_keys_on_a_request_over_its_limit_is_not_a_cache_hit(keyed_app):
+    app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "2"})
+    call(app.wsgi_app, **auth(keys["generate"]))
+    call(app.wsgi_app, **auth(keys["generate"]))
+    hits = sample("headline_cache_events_total", event="hit")
+    assert call(app.wsgi_app, **auth(keys["generate"]))[0] == "429 TOO MANY REQUESTS"
+    assert sample("headline_cache_events_total", event="hit") == hits  # as through Flask: refused first
+
+
+def test_with_api_keys_on_a_hit_shed_by_a_full_worker_is_counted_once(keyed_app):
+    app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "3"})
+    call(app.wsgi_app, **auth(keys["generate"]))  # 1 of 3
+    slots = app.extensions["security"].slots
+    taken = 0
+    while slots.acquire(blocking=False):
+        taken += 1
+    try:
+        assert call(app.wsgi_app, **auth(keys["generate"]))[0].startswith("503")  # 2 of 3 (counted by the lane)
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "HIT"  # 3 of 3
+    assert call(app.wsgi_app, **auth(keys["generate"]))[0] == "429 TOO MANY REQUESTS"
