@@ -29,7 +29,8 @@ tests/service/test_hitlane.py checks that both ways answer a hit alike.
 What it costs: a miss pays one more Redis GET (the lane's) before Flask's. When that GET finds
 Redis failing, it counts the cache error and opens the breaker, as Flask's would have; the app
 then serves the request uncached and counts it as a bypass (Redis marked down), so that one
-request counts both an error and a bypass.
+request counts both an error and a bypass. With API keys on, a request over its key's limit
+runs the limiter's script twice (the lane's refused check counts nothing, then the app's).
 """
 
 from __future__ import annotations

@@ -63,13 +63,13 @@ RATELIMIT_ERRORS = Counter(
 SHED = Counter("headline_shed_requests", "API requests refused with 503 because the worker was at "
                "service.max_concurrency.")
 
-# Sliding-window counter for requests and tokens of one key. KEYS: requests this window,
-# requests last window, tokens this window, tokens last window. ARGV: requests limit, tokens
-# limit, weight of the last window (1 - elapsed/window), TTL. Admit = count the request.
 # WSGI environ key: the id of the API key whose rate limit service.hitlane counted this request
 # against (see Security.before).
 RATE_COUNTED = "headline.rate_counted"
 
+# Sliding-window counter for requests and tokens of one key. KEYS: requests this window,
+# requests last window, tokens this window, tokens last window. ARGV: requests limit, tokens
+# limit, weight of the last window (1 - elapsed/window), TTL. Admit = count the request.
 _CHECK = """
 local rl, tl, w, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local rc = tonumber(redis.call('GET', KEYS[1]) or '0')

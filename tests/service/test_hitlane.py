@@ -231,8 +231,8 @@ def test_with_api_keys_on_every_request_counts_once_against_its_key(keyed_app):
 
 
 def test_with_api_keys_on_a_hit_left_to_flask_is_counted_once(keyed_app):
-    # A request the lane leaves to Flask (here: no-cache) is counted by Flask alone: with a budget of
-    # 2, a MISS and a BYPASS use it up, and the third request is refused.
+    # Each request is counted once: the MISS by the lane (which then leaves it to Flask, marked),
+    # the no-cache BYPASS by Flask alone. With a budget of 2 they use it up, and the third is refused.
     app, spy, keys = keyed_app(**{"rate_limit.requests_per_minute": "2"})
     assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "MISS"
     assert call(app.wsgi_app, **auth(keys["generate"]), **{"Cache-Control": "no-cache"})[1]["X-Cache"] == "BYPASS"
@@ -417,3 +417,22 @@ def test_with_api_keys_on_a_hit_shed_by_a_full_worker_is_counted_once(keyed_app)
             slots.release()
     assert call(app.wsgi_app, **auth(keys["generate"]))[1]["X-Cache"] == "HIT"  # 3 of 3
     assert call(app.wsgi_app, **auth(keys["generate"]))[0] == "429 TOO MANY REQUESTS"
+
+
+def test_a_failure_once_the_lane_has_answered_is_raised_not_answered_again(make_app):
+    app = make_app(max_concurrency=1)  # one slot: a slot the lane kept would shed the next request
+    spy = app.wsgi_app.app = Spy(app.wsgi_app.app)
+    call(app.wsgi_app)
+    inflight = sample("headline_inflight_requests")
+
+    def broken_start_response(status, headers, exc_info=None):
+        raise OSError("server refused the headers")
+
+    environ_body = json.dumps(BODY).encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/prompt", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(environ_body)), "wsgi.input": io.BytesIO(environ_body)}
+    with pytest.raises(OSError, match="refused the headers"):
+        app.wsgi_app(environ, broken_start_response)
+    assert spy.calls == 1  # Flask did not answer it a second time
+    assert sample("headline_inflight_requests") == inflight
+    assert call(app.wsgi_app)[1]["X-Cache"] == "HIT" and spy.calls == 1  # the slot was given back
