@@ -8,8 +8,11 @@ prompt's tokens, ``[r1 r2 r3 | p1 p1 p1 p1 | p2 p2 p2]``. The linear layers,
 where a step's time goes, read their weights once for all of it; only
 attention is done per part:
 
-- decoding rows: one batched product of their token against their own cached
-  keys (left-padded, masked), as in a plain decoding step;
+- decoding rows: their token against exactly their own cached keys. Rows of one
+  length share a call; a row is never attended over padding, since masked padding
+  columns change how the kernel's sums are split and so the result's last bits (and
+  int8 activations round those differences into different headlines): a row's
+  output is bit-identical alone and batched;
 - each new prompt: causal attention over its own tokens, as in its own prefill.
 
 This module holds the attention function (registered with transformers as
@@ -39,7 +42,9 @@ class Packing:
     """One packed call. ``keys``/``values``: per layer, the decoding rows' cache (b, kv_heads, L, d).
 
     Each buffer may be wider than L: columns from L on are room for the next steps' keys.
-    ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included.
+    ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included: they are
+    the last columns of the row (rows are left-padded), and ``runs`` groups neighbouring rows with
+    as many.
     ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
     asked for n headlines is run once and its keys are copied to its n rows. ``lead`` (or None):
     per layer, the keys and values (1, kv_heads, P, d) of the prompt's first P tokens, computed
@@ -57,12 +62,22 @@ class Packing:
     new_keys: dict = field(default_factory=dict)
     new_values: dict = field(default_factory=dict)
     lead_masks: dict = field(init=False, repr=False)
+    runs: list = field(init=False, repr=False)
 
     def __post_init__(self):
-        """The attention mask (fed, length) of each segment with a lead: its fed tokens see the
-        lead and the tokens before them. The same in every layer, so made once per call."""
+        """Made once per call, the same in every layer: the decoding rows' ``runs`` (first row,
+        end row, keys) of neighbouring rows with as many real keys, and the attention mask
+        (fed, length) of each segment with a lead: its fed tokens see the lead and the tokens
+        before them."""
         import torch
 
+        self.runs = []
+        if self.rows:
+            for row, keys in enumerate(self.mask.reshape(self.rows, -1).sum(1).tolist()):
+                if self.runs and self.runs[-1][2] == keys:
+                    self.runs[-1][1] = row + 1
+                else:
+                    self.runs.append([row, row + 1, keys])
         self.lead_masks = {}
         for i, (_, length, _, lead) in enumerate(self.segments):
             if lead:
@@ -100,8 +115,9 @@ class Packing:
             keys[:b, :, width - 1] = key[0, :, :b].transpose(0, 1)
             values[:b, :, width - 1] = value[0, :, :b].transpose(0, 1)
             q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
-            out = sdpa(q, keys[:b, :, start:width], values[:b, :, start:width], attn_mask=self.mask,
-                       scale=scale)  # (b, kv_heads, group, d)
+            parts = [sdpa(q[i:j], keys[i:j, :, width - n:width], values[i:j, :, width - n:width], scale=scale)
+                     for i, j, n in self.runs]  # each (j - i, kv_heads, group, d)
+            out = torch.cat(parts) if len(parts) > 1 else parts[0]
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
         row = b
         for i, (offset, length, rows, lead) in enumerate(self.segments):
