@@ -89,7 +89,14 @@ def test_batched_equals_one_at_a_time_with_mixed_settings(any_generator):
 
 
 def _trace(batch, log):
-    """Record the next-token logits of every active row, keyed by (tag, row, tokens so far)."""
+    """Record the next-token logits of every active row, keyed by (tag, row, tokens so far), and
+    check that each row's real positions are the last of the cache (left padding only): packed
+    steps attend over exactly those last columns."""
+    if "attention" in batch._t:
+        attention = batch._t["attention"].bool()
+        width = attention.shape[1]
+        suffix = torch.arange(width) >= width - attention.sum(1, keepdim=True)
+        assert torch.equal(attention, suffix)
     for row, logits in zip(batch._rows, batch._t.get("logits", ())):
         log[(row.request.tag, row.request.rows.index(row), len(row.out))] = logits.clone()
 
@@ -197,6 +204,20 @@ def test_a_prompt_of_no_tokens_is_refused_and_the_batch_goes_on(any_generator):
     while len(batch):
         done.update(batch.step())
     assert done["a"].texts == generator.generate([PROMPTS[0]], GenerationSettings(max_new_tokens=4))[0].texts
+
+
+def test_decoding_rows_with_as_many_keys_share_an_attention_call():
+    """Packing.runs: neighbouring decoding rows with the same number of real keys (the last
+    columns of their mask) form one run, attended in one call; any other row starts a new run."""
+    from trainer.packed_attention import Packing
+
+    lengths = [3, 5, 5, 3, 3, 1]
+    mask = torch.zeros((len(lengths), 1, 1, 6), dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        mask[row, ..., 6 - n:] = True
+    packing = Packing(None, None, mask, len(lengths), [], 6)
+    assert packing.runs == [[0, 1, 3], [1, 3, 5], [3, 5, 3], [5, 6, 1]]
+    assert Packing(None, None, None, 0, [(0, 2, 1, None)], 2).runs == []  # a prompt alone: no decoding rows
 
 
 def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch):
