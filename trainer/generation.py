@@ -666,7 +666,7 @@ class PackedDecodeBatch(DecodeBatch):
         if b:
             t["attention"] = torch_cat_ones(t["attention"])
             cached = t["attention"].shape[1]
-            mask = t["attention"][:, None, None, :]
+            mask = t["attention"]
             ids.append(next_ids)
             positions.append(t["positions"][:, 0] + 1)
         offset = b

@@ -44,7 +44,7 @@ class Packing:
     """One packed call. ``keys``/``values``: per layer, the decoding rows' cache (b, kv_heads, L, d).
 
     Each buffer may be wider than L: columns from L on are room for the next steps' keys.
-    ``mask`` (b, 1, 1, L + 1) marks each decoding row's real keys, its new token included: they are
+    ``mask`` (b, L + 1) marks each decoding row's real keys, its new token included: they are
     the last columns of the row (rows are left-padded), and ``runs`` groups neighbouring rows with
     as many.
     ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
@@ -75,7 +75,7 @@ class Packing:
 
         self.runs = []
         if self.rows:
-            for row, keys in enumerate(self.mask.reshape(self.rows, -1).sum(1).tolist()):
+            for row, keys in enumerate(self.mask.sum(1).tolist()):
                 if self.runs and self.runs[-1][2] == keys:
                     self.runs[-1][1] = row + 1
                 else:

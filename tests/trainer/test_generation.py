@@ -212,9 +212,9 @@ def test_decoding_rows_with_as_many_keys_share_an_attention_call():
     from trainer.packed_attention import Packing
 
     lengths = [3, 5, 5, 3, 3, 1]
-    mask = torch.zeros((len(lengths), 1, 1, 6), dtype=torch.bool)
+    mask = torch.zeros((len(lengths), 6), dtype=torch.bool)
     for row, n in enumerate(lengths):
-        mask[row, ..., 6 - n:] = True
+        mask[row, 6 - n:] = True
     packing = Packing(None, None, mask, len(lengths), [], 6)
     assert packing.runs == [[0, 1, 3], [1, 3, 5], [3, 5, 3], [5, 6, 1]]
     assert Packing(None, None, None, 0, [(0, 2, 1, None)], 2).runs == []  # a prompt alone: no decoding rows
