@@ -25,6 +25,7 @@ step and of one where a prompt joins.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -65,10 +66,7 @@ class Timed:
         t0 = time.perf_counter()
         self.in_step = True
         try:
-            if self.profile is not None:
-                with self.profile() as prof:
-                    self.batch.step(on_done=on_done, refill=refill)
-            else:
+            with self.profile() if self.profile is not None else contextlib.nullcontext() as prof:
                 self.batch.step(on_done=on_done, refill=refill)
         finally:
             self.in_step = False
