@@ -38,13 +38,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.serve import HIT_REQUESTS  # noqa: E402 - the hits serve.py measures, by route
+
 # What each child answers: the bare app and ours the original contract, "api-v1" our /v1/headlines
 # with the usual body (the other fields take config.yml's defaults).
 # "api-keys" is our /prompt with API keys and rate limits on (as in the compose stack).
-REQUESTS = {"bare": ("/prompt", {"prompt": "oil price", "max_len": 16}),
-            "api": ("/prompt", {"prompt": "oil price", "max_len": 16}),
-            "api-v1": ("/v1/headlines", {"theme": "oil price", "max_new_tokens": 16}),
-            "api-keys": ("/prompt", {"prompt": "oil price", "max_len": 16})}
+REQUESTS = {name: (route, HIT_REQUESTS[route]) for name, route in
+            (("bare", "/prompt"), ("api", "/prompt"), ("api-v1", "/v1/headlines"), ("api-keys", "/prompt"))}
 WARM = 50  # requests of both runs: the first ones pay for lazy imports and first-call caches
 
 
@@ -80,7 +83,6 @@ def environ(path: str, body: bytes, extra: dict | None = None) -> dict:
 
 def child(app_name: str, requests: int, redis_url: str) -> None:
     """Build one app and answer ``requests`` requests (run under callgrind by the parent)."""
-    sys.path.insert(0, str(REPO))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hit-cpu-prom-")
     extra = None
     if app_name == "bare":
@@ -154,7 +156,6 @@ def main() -> int:
         print("valgrind not found: install it (apt-get install valgrind)", file=sys.stderr)
         return 2
 
-    sys.path.insert(0, str(REPO))
     from bench.stack import Redis
 
     work = Path(tempfile.mkdtemp(prefix="headline-hit-cpu-"))
