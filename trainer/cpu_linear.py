@@ -183,6 +183,26 @@ def _pack_float16(weight, bias=None):
     return torch.ops.quantized.linear_prepack_fp16(weight, bias)
 
 
+@functools.cache
+def float16_rows_independent() -> bool:
+    """Whether this CPU's float16 products give a row the same bits whatever rows share its call.
+
+    fbgemm splits a product's rows among kernels of a few rows each. With AVX-512 (seen on an
+    AMD Zen 4) each kernel sums a row as the others do; with AVX2 (seen on an AMD Zen 3),
+    kernels of different row counts round a row differently (~1e-7 of its values), so a row's
+    bits depend on how many rows share its call, as with float32 (MKL).
+    Int8 products sum in integers: always exact. This compares each of 8 rows alone with the same
+    row in calls of 2 to 8 rows, once per process (about a millisecond)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 256, generator=gen)
+    x = torch.randn(8, 256, generator=gen)
+    packed = _pack_float16(weight)
+    alone = torch.cat([_float16_product(x[i:i + 1], packed) for i in range(len(x))])
+    return all(torch.equal(_float16_product(x[:m], packed), alone[:m]) for m in range(2, len(x) + 1))
+
+
 def prepack_float16(folder) -> dict | None:
     """Start packing the 2-D weights of a model folder's safetensors files before the model exists.
 

@@ -12,9 +12,10 @@ attention is done per part:
   length share a call; a row is never attended over padding, since masked padding
   columns change how the kernel's sums are split and so the result's last bits (and
   int8 activations round those differences into different headlines). With
-  products that compute each row on its own (fbgemm's float16 and int8 on CPU), a
-  row's output is then bit-identical alone and batched; float32 products (MKL)
-  and GPU kernels may still round differently with the batch's shape;
+  products that compute each row on its own (fbgemm's int8 on CPU, and its float16
+  where ``cpu_linear.float16_rows_independent``, as with AVX-512), a row's output is
+  then bit-identical alone and batched; float32 products (MKL), float16 on AVX2 and
+  GPU kernels may still round differently with the batch's shape;
 - each new prompt: causal attention over its own tokens, as in its own prefill.
 
 This module holds the attention function (registered with transformers as

@@ -160,3 +160,18 @@ def test_siblings_on_one_input_are_served_by_one_stacked_product(kind, bias):
     out = stacked.k_proj(x1).sum()  # autograd: the float32 weights
     out.backward()
     assert stacked.k_proj.weight.grad is not None
+
+
+def test_float16_row_independence_probe_agrees_with_the_models_shapes():
+    """float16_rows_independent (a small product, checked once) answers for the products the
+    model runs: a row of a 576-wide layer keeps its bits in every call of 1 to 12 rows exactly
+    where the probe says so (the AVX-512 CPUs), and is within float16 products' rounding elsewhere."""
+    gen = torch.Generator().manual_seed(1)
+    packed = cpu_linear._pack_float16(torch.randn(960, 576, generator=gen) * 0.05)
+    x = torch.randn(12, 576, generator=gen)
+    alone = torch.cat([cpu_linear._float16_product(x[i:i + 1], packed) for i in range(len(x))])
+    calls = [cpu_linear._float16_product(x[:m], packed) for m in range(1, len(x) + 1)]
+    same = all(torch.equal(y, alone[:len(y)]) for y in calls)
+    assert same == cpu_linear.float16_rows_independent()
+    for y in calls:
+        assert torch.allclose(y, alone[:len(y)], rtol=0, atol=1e-5)
