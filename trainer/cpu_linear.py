@@ -254,8 +254,9 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
     use them); the copies add half the linear layers' size in memory. ``prepacked`` (from
     ``prepack_float16`` on the folder the model was loaded from) is used for every layer whose
     weight it holds unchanged and whose packing has started; the rest are packed here, on every
-    core (the op releases the GIL), while the files' pool finishes what it started. Returns
-    False, changing nothing, where fbgemm cannot run (a CPU without AVX2).
+    core (the op releases the GIL), while the files' pool finishes what it started; the dict is
+    emptied once installed. Returns False, changing nothing, where fbgemm cannot run (a CPU
+    without AVX2).
     """
     import torch
 
@@ -276,7 +277,15 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
                 return packed
         return _pack_float16(weight, bias)
 
-    return _install(model, "float16", pack, _float16_product)
+    try:
+        return _install(model, "float16", pack, _float16_product)
+    finally:
+        # Its futures hold float32 copies of the weights (half a GB for the 135M model). The
+        # caller's frame, which holds this dict, can outlive the load in a reference cycle
+        # (tracebacks of imports caught during loading), so they are dropped here and freed now,
+        # not at the next full collection.
+        if prepacked:
+            prepacked.clear()
 
 
 # -- int8 -------------------------------------------------------------------------------------

@@ -530,9 +530,12 @@ def test_float16_layers_whose_packing_has_not_started_are_packed_at_install(tiny
     queued = {name: Future() for name in started}  # still waiting in the pool's queue: never run
     model, _ = load_model_and_tokenizer(str(tiny_llama_dir))
     reference, _ = load_model_and_tokenizer(str(tiny_llama_dir))
+    waiting = list(queued.values())
     assert cpu_linear.install_float16(model, queued)  # returns: nothing waited for the queued ones
-    assert all(future.cancelled() for future in queued.values())
+    assert waiting and all(future.cancelled() for future in waiting)
+    assert queued == {}  # consumed: its futures (float32 copies of the weights) are let go
     assert cpu_linear.install_float16(reference, started)
+    assert started == {}
     x = torch.randn(3, model.config.hidden_size)
     with torch.inference_mode():
         for mine, theirs in zip(model.model.layers, reference.model.layers):
