@@ -75,13 +75,14 @@ def overrides_from_env(environ: os._Environ | dict[str, str] = os.environ) -> li
 def build_app():
     """The Flask app for this container: config file + environment overrides."""
     from config import load_config
-    from service import create_app
+    from service import create_app, startup
 
     multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if multiproc:  # Lambda's /tmp starts empty; prometheus_client needs the folder to exist
         os.makedirs(multiproc, exist_ok=True)
     config = load_config(os.environ.get("HEADLINE_CONFIG") or None, overrides_from_env())
-    return create_app(config)
+    with startup.quiet_start():  # a cold start without the collector's full passes
+        return create_app(config)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

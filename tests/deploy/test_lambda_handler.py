@@ -56,6 +56,9 @@ def handler(monkeypatch, overrides, flask_client):
                 "HEADLINE_MODEL", "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HEADLINE_CONFIG_SET", " ".join(overrides))
+    # build_app's quiet start would freeze this test process's objects (gc.freeze): the
+    # start's collector handling is tested in a process of its own (tests/service/test_startup.py).
+    monkeypatch.setenv("HEADLINE_STARTUP_GC", "on")
     monkeypatch.setattr(lambda_handler, "_handler", None)
     return lambda_handler.handler
 
