@@ -25,7 +25,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from service import startup  # noqa: E402 - needs the path above
 
-startup.enabled()  # a bad HEADLINE_STARTUP_GC stops gunicorn here, naming the variable
+startup.wanted()  # a bad HEADLINE_STARTUP_GC stops gunicorn here, naming the variable
 
 
 def _env_int(name, default):

@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def enabled(environ=os.environ) -> bool:
+def wanted(environ=os.environ) -> bool:
+    """Whether starts run with the collector off: ``HEADLINE_STARTUP_GC=off``, the default."""
     value = environ.get("HEADLINE_STARTUP_GC", "off").strip().lower()
     if value not in ("on", "off"):
         raise ValueError(f"HEADLINE_STARTUP_GC: {value!r} is neither 'off' (the default) nor 'on'")
@@ -39,7 +40,7 @@ def enabled(environ=os.environ) -> bool:
 def begin() -> bool:
     """Switch the collector off for the start; False (nothing done) where it is already off
     or ``HEADLINE_STARTUP_GC=on``."""
-    if not enabled() or not gc.isenabled():
+    if not wanted() or not gc.isenabled():
         return False
     gc.disable()
     return True

@@ -93,7 +93,7 @@ def test_a_bad_value_names_the_variable():
     from service import startup
 
     with pytest.raises(ValueError, match="HEADLINE_STARTUP_GC: 'maybe'"):
-        startup.enabled({"HEADLINE_STARTUP_GC": "maybe"})
+        startup.wanted({"HEADLINE_STARTUP_GC": "maybe"})
 
 
 def test_gunicorn_hooks_run_the_quiet_start_around_the_workers_load():
