@@ -46,8 +46,8 @@ def begin() -> bool:
     return True
 
 
-def end(begun: bool = True) -> None:
-    """After ``begin``: freeze what the start made, collector back on."""
+def end(begun: bool) -> None:
+    """After ``begin`` (``begun``: what it returned): freeze what the start made, collector back on."""
     if not begun or gc.isenabled():
         return
     gc.freeze()

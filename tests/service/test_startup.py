@@ -116,7 +116,7 @@ def test_gunicorn_hooks_run_the_quiet_start_around_the_workers_load():
 
 
 def test_gunicorn_refuses_a_bad_startup_gc_value():
-    env = {k: v for k, v in os.environ.items()} | {"HEADLINE_STARTUP_GC": "sometimes"}
+    env = dict(os.environ) | {"HEADLINE_STARTUP_GC": "sometimes"}
     gunicorn = Path(sys.executable).parent / "gunicorn"
     out = subprocess.run([str(gunicorn), "-c", str(CONF), "--check-config", "service:create_app()"],
                          cwd="/", env=env, capture_output=True, text=True, timeout=60)
