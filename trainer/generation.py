@@ -261,12 +261,12 @@ class Generator:
         held = self._lead_kv.get(lead)
         if held is None:
             P, dev = len(lead), self.device
-            packing = Packing(None, None, None, 0, [(0, P, 1, None)], P)
+            layers = self.model.config.num_hidden_layers
+            packing = Packing(None, None, 0, [(0, P, 1, None)], P, layers=layers)
             with torch.inference_mode():
                 self._packed_call(torch.tensor(lead, device=dev), torch.arange(P, device=dev), [P - 1], packing)
-            layers = range(len(packing.new_keys))
-            held = self._lead_kv[lead] = ([packing.new_keys[i][:, :, :P].clone() for i in layers],
-                                          [packing.new_values[i][:, :, :P].clone() for i in layers])
+            kv = packing.new_cache[:, :, :1, :, :P].clone()  # (layers, 2, 1, kv_heads, P, d)
+            held = self._lead_kv[lead] = (list(kv[:, 0]), list(kv[:, 1]))
         return held
 
     def _packed_call(self, ids: torch.Tensor, positions: torch.Tensor, last: list[int], packing):
@@ -502,6 +502,7 @@ class DecodeBatch:
         self._requests -= len(done)
         dropped = len(keep) < len(self._rows)
         if dropped:
+            keep = self._slots(keep)
             idx = torch.tensor(keep, dtype=torch.long, device=g.device)
             self._t = {name: value[idx] for name, value in t.items()}
             self._rows = [self._rows[i] for i in keep]
@@ -518,6 +519,11 @@ class DecodeBatch:
             if dropped:  # likewise the seen tokens' columns that only repeat others
                 t["seen"] = t["seen"][:, -max(row.request.prompt_tokens + len(row.out) for row in self._rows):]
         return done, next_ids
+
+    def _slots(self, keep: list[int]) -> list[int]:
+        """The order of the rows that go on (``keep``: their places in the batch, ascending):
+        row i of the batch after this step is row ``order[i]`` before it."""
+        return keep
 
     def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
         """Keep the cache rows ``idx``; drop its first ``first`` (all-padding) columns if it can.
@@ -630,8 +636,10 @@ class PackedDecodeBatch(DecodeBatch):
     def __init__(self, generator: Generator):
         super().__init__(generator)
         self._pending: list[tuple[list[_Row], list[int]]] = []
-        self._keys: list | None = None
-        self._values: list | None = None
+        # trainer.packed_attention.Packing's buffer (layers, 2, slots, kv_heads, C, d): row i's keys
+        # and values are the columns of slot i before _end, as many as its "attention" marks.
+        self._cache = None
+        self._end = 0
 
     @property
     def rows(self) -> int:
@@ -644,9 +652,24 @@ class PackedDecodeBatch(DecodeBatch):
     def _admit(self, admitted: list[tuple[list[_Row], list[int]]]) -> None:
         self._pending.extend(admitted)
 
+    def _slots(self, keep: list[int]) -> list[int]:
+        """Rows keep their slots in the cache buffers; each row that left is filled with one of
+        the last rows, so that only those are moved (see ``_keep_cache``)."""
+        b = len(keep)
+        order, kept = list(range(b)), set(keep)
+        movers = [i for i in keep if i >= b]
+        for hole, mover in zip([i for i in range(b) if i not in kept], movers):
+            order[hole] = mover
+        return order
+
     def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
-        self._keys = [k[idx, :, first:] for k in self._keys]
-        self._values = [v[idx, :, first:] for v in self._values]
+        """Moves the rows that ``_slots`` moved, in place: a slot's real keys are its last columns up
+        to ``_end`` (at most as many as the batch is wide); the columns dropped (``first``) are
+        left as padding, which is never read."""
+        start = self._end - self._t["attention"].shape[1] + first  # this batch's first used column
+        for new, old in enumerate(idx.tolist()):
+            if new != old:  # every layer's keys and values at once
+                self._cache[:, :, new, :, start:self._end] = self._cache[:, :, old, :, start:self._end]
         return True
 
     def _forward(self, next_ids: torch.Tensor | None) -> None:
@@ -657,7 +680,7 @@ class PackedDecodeBatch(DecodeBatch):
         g, dev, vocab = self._g, self._g.device, self._vocab
         b, pending, self._pending = len(self._rows), self._pending, []
         if not b and not pending:
-            self._keys = self._values = None
+            self._cache = None
             self._t = {}
             return
         t = self._t
@@ -680,12 +703,11 @@ class PackedDecodeBatch(DecodeBatch):
             offset += len(prompt) - P
             last.append(offset - 1)
         width = max([cached] + [length for _, length, _, _ in segments])
-        packing = Packing(self._keys, self._values, mask, b, segments, width)
+        packing = Packing(self._cache, mask, b, segments, width, self._end,
+                          layers=g.model.config.num_hidden_layers)
         result = g._packed_call(torch.cat(ids), torch.cat(positions), last, packing)
         logits = result.logits[0, :, :vocab].float()  # (b + new prompts, V)
-        layers = len(packing.new_keys)
-        self._keys = [packing.new_keys[i] for i in range(layers)]
-        self._values = [packing.new_values[i] for i in range(layers)]
+        self._cache, self._end = packing.new_cache, packing.new_end
 
         state = []
         if b:

@@ -37,33 +37,41 @@ NAME = "headline_packed"
 # ``layer_idx`` and whose positions come from ``position_ids`` alone (no sliding windows,
 # no cross-attention): tested on both in tests/trainer/test_generation.py.
 MODEL_TYPES = frozenset({"llama", "gpt2"})
-SPARE = 32  # columns of room at the end of each layer's cache buffers (see Packing.attend)
+SPARE = 32  # columns of room at the end of the cache buffer (see Packing.attend)
+SPARE_ROWS = 4  # rows of room in it, for requests that join while none leave
 
 
 @dataclass
 class Packing:
-    """One packed call. ``keys``/``values``: per layer, the decoding rows' cache (b, kv_heads, L, d).
+    """One packed call.
 
-    Each buffer may be wider than L: columns from L on are room for the next steps' keys.
+    ``cache``: the decoding rows' keys and values, all layers in one buffer
+    (layers, 2, slots, kv_heads, C, d) whose first ``rows`` slots are the rows. Row r's keys are
+    the columns before ``end``, as many as its ``mask`` marks before this step's token; the columns
+    before them are left padding, never read; the columns from ``end`` on are room for the next
+    steps' keys, and the slots after ``rows`` room for joining rows.
     ``mask`` (b, L + 1) marks each decoding row's real keys, its new token included: they are
-    the last columns of the row (rows are left-padded), and ``runs`` groups neighbouring rows with
-    as many.
+    the last columns of the row, and ``runs`` groups neighbouring rows with as many.
     ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
     asked for n headlines is run once and its keys are copied to its n rows. ``lead`` (or None):
     per layer, the keys and values (1, kv_heads, P, d) of the prompt's first P tokens, computed
     once (``Generator._lead``): only its other ``length`` - P tokens are in the packed sequence.
-    After the call ``new_keys``/``new_values`` hold every row's cache, decoding rows first,
-    left-padded to ``width`` (its first ``width`` columns; the buffers have room beyond).
+    ``layers``: the model's, for a new buffer.
+    After the call ``new_cache`` holds every row's keys and values, decoding rows first, in the same
+    layout: the columns ``new_end - width`` to ``new_end`` of its first slots, each row
+    left-padded. When the call's rows and keys fit in ``cache`` it is ``cache``, written in place;
+    otherwise a new buffer with room.
     """
 
-    keys: list | None
-    values: list | None
+    cache: torch.Tensor | None
     mask: torch.Tensor | None
     rows: int
     segments: list[tuple[int, int, int, tuple[list, list] | None]]
     width: int
-    new_keys: dict = field(default_factory=dict)
-    new_values: dict = field(default_factory=dict)
+    end: int = 0
+    layers: int = 0
+    new_cache: torch.Tensor | None = None
+    new_end: int = 0
     lead_masks: dict = field(init=False, repr=False)
     runs: list = field(init=False, repr=False)
 
@@ -88,33 +96,43 @@ class Packing:
                 self.lead_masks[i] = torch.ones((length - P, length), dtype=torch.bool,
                                                 device=lead[0][0].device).tril(P)
 
+    def _place(self, key) -> None:
+        """At the call's first layer: where this call's keys go, for every layer (``new_cache``,
+        ``new_end``).
+
+        The buffer has room for SPARE more columns and SPARE_ROWS more rows than it holds. A step
+        whose keys fit writes them in place: each decoding row's new key in the column after its
+        others, a joining prompt's keys in a free slot, right-aligned with the rows (ending in the
+        same column). Only a step that runs out of room copies the cache, in one copy for all
+        layers, into a new buffer (before, every step in which a prompt joined copied each
+        layer's)."""
+        b, width, cache = self.rows, self.width, self.cache
+        total = b + sum(n for _, _, n, _ in self.segments)  # rows after this step
+        end = self.end + 1 if b else width  # the column after this step's keys
+        if not (b and cache.shape[2] >= total and cache.shape[4] >= end >= width):
+            cached = self.mask.shape[-1] if b else 0  # the decoding rows' keys after this step's token
+            new = key.new_empty((self.layers, 2, total + SPARE_ROWS, key.shape[1], width + SPARE, key.shape[-1]))
+            if b:  # the decoding rows' keys, left-padded to the new width
+                new[:, :, :b, :, width - cached:width - 1] = cache[:, :, :b, :, self.end - cached + 1:self.end]
+            cache, end = new, width
+        self.new_cache, self.new_end = cache, end
+
     def attend(self, layer: int, query, key, value, scale: float | None):
         """query (1, H, S, d), key/value (1, kv_heads, S, d) of the packed sequence -> (1, S, H, d)."""
         import torch
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-        b, width = self.rows, self.width
+        if self.new_cache is None:
+            self._place(key)
+        b, width, end = self.rows, self.width, self.new_end
         heads, kv_heads, d = query.shape[1], key.shape[1], query.shape[-1]
         group = heads // kv_heads
-        cached = self.mask.shape[-1] if b else 0  # the decoding rows' keys after this step's token
-        # The cache is kept in buffers with room for SPARE more columns than it holds, so that a
-        # plain decoding step writes each row's new key in place instead of copying the whole
-        # cache (a concatenation per layer and step, the larger the longer the rows get).
-        reuse = b and not self.segments and self.keys[layer].shape[2] >= cached
-        if reuse:
-            keys, values = self.keys[layer], self.values[layer]
-        else:
-            rows = b + sum(n for _, _, n, _ in self.segments)
-            keys = key.new_zeros((rows, kv_heads, width + SPARE, d))
-            values = value.new_zeros((rows, kv_heads, width + SPARE, d))
+        keys = self.new_cache[layer, 0, :, :, end - width:end]  # this call's columns
+        values = self.new_cache[layer, 1, :, :, end - width:end]
         outs = []
         if b:
             # Each row's new key joins its cache; the row's query heads that share a key head
             # are laid out as that head's queries (as transformers' pack_gqa does for decoding).
-            start = width - cached  # left padding of the decoding rows when a longer prompt joins
-            if not reuse:
-                keys[:b, :, start:width - 1] = self.keys[layer][:, :, :cached - 1]
-                values[:b, :, start:width - 1] = self.values[layer][:, :, :cached - 1]
             keys[:b, :, width - 1] = key[0, :, :b].transpose(0, 1)
             values[:b, :, width - 1] = value[0, :, :b].transpose(0, 1)
             q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
@@ -126,19 +144,20 @@ class Packing:
         for i, (offset, length, rows, lead) in enumerate(self.segments):
             mask = self.lead_masks.get(i)
             fed = length if mask is None else mask.shape[0]
-            k = key[:, :, offset:offset + fed]
-            v = value[:, :, offset:offset + fed]
-            if lead:  # the prompt's first tokens come from the lead: its fed tokens attend to them too
-                k = torch.cat([lead[0][layer], k], dim=2)
-                v = torch.cat([lead[1][layer], v], dim=2)
-            kq, vq = (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)) if group > 1 else (k, v)
-            out = sdpa(query[:, :, offset:offset + fed], kq, vq, attn_mask=mask, is_causal=mask is None,
-                       scale=scale)
+            # The prompt's keys go to its first row's slot, right-aligned: its lead's (computed
+            # once), then those of its fed tokens; its fed tokens attend over them there.
+            k, v = keys[row:row + 1, :, width - length:width], values[row:row + 1, :, width - length:width]
+            if lead:
+                k[:, :, :length - fed], v[:, :, :length - fed] = lead[0][layer], lead[1][layer]
+            k[:, :, length - fed:] = key[:, :, offset:offset + fed]
+            v[:, :, length - fed:] = value[:, :, offset:offset + fed]
+            out = sdpa(query[:, :, offset:offset + fed], k, v, attn_mask=mask, is_causal=mask is None,
+                       scale=scale, enable_gqa=group > 1)
             outs.append(out[0])  # (H, fed, d)
-            keys[row:row + rows, :, width - length:width] = k
-            values[row:row + rows, :, width - length:width] = v
+            if rows > 1:  # its other headlines' rows
+                keys[row + 1:row + rows, :, width - length:width] = k
+                values[row + 1:row + rows, :, width - length:width] = v
             row += rows
-        self.new_keys[layer], self.new_values[layer] = keys, values
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return out.transpose(0, 1).unsqueeze(0), None
 

@@ -223,19 +223,52 @@ def test_decoding_rows_with_as_many_keys_share_an_attention_call():
     mask = torch.zeros((len(lengths), 6), dtype=torch.bool)
     for row, n in enumerate(lengths):
         mask[row, 6 - n:] = True
-    packing = Packing(None, None, mask, len(lengths), [], 6)
+    packing = Packing(None, mask, len(lengths), [], 6)
     assert packing.runs == [[0, 1, 3], [1, 3, 5], [3, 5, 3], [5, 6, 1]]
-    assert Packing(None, None, None, 0, [(0, 2, 1, None)], 2).runs == []  # a prompt alone: no decoding rows
+    assert Packing(None, None, 0, [(0, 2, 1, None)], 2).runs == []  # a prompt alone: no decoding rows
 
 
-def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch):
-    """Packed batches keep each layer's cache in a buffer with spare columns; with one spare column
-    a plain step finds it full every other step and moves to a new buffer, and every request still
-    gets its one-at-a-time output."""
+@pytest.mark.parametrize("spare,spare_rows", [(1, 4), (32, 0)])
+def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch, spare, spare_rows):
+    """Packed batches keep their cache in a buffer with spare columns and rows. With one spare
+    column a plain step finds it full every other step, and with no spare row every joining
+    request does; each moves to a new buffer, and every request still gets its one-at-a-time
+    output."""
     from trainer import packed_attention
 
-    monkeypatch.setattr(packed_attention, "SPARE", 1)
+    monkeypatch.setattr(packed_attention, "SPARE", spare)
+    monkeypatch.setattr(packed_attention, "SPARE_ROWS", spare_rows)
     test_requests_joining_a_running_batch_get_their_own_output(any_generator)
+
+
+def test_a_request_joining_as_another_leaves_is_written_in_place(generator):
+    """Under steady load a step in which a request leaves and another joins writes the new
+    prompt's keys into the buffer the batch has (a free slot, the rows that stay in theirs),
+    instead of copying the whole cache into a new one; the last row moves into the slot the
+    leaving one freed, and every request gets its one-at-a-time output."""
+    if not generator._packed:
+        pytest.skip("the general path keeps transformers' cache")
+    settings = [GenerationSettings(max_new_tokens=n) for n in (3, 9, 9)]
+    batch, done = generator.open_batch(), {}
+    batch.add([(PROMPTS[1], s, i) for i, s in enumerate(settings)])
+    done.update(batch.step())
+    buffer, rows_before = batch._cache, list(batch._rows)
+    follow_up = ("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=4), "next")
+    assert generator.count_tokens(follow_up[0]) <= _width(batch)  # it fits beside the others
+
+    def refill(finished):
+        batch.add([follow_up])
+
+    while 0 not in done:
+        done.update(batch.step(refill=refill))
+    assert batch._cache is buffer and batch.rows == 3
+    # Row 0 left: row 2 took its slot, row 1 kept its own, and the new request is row 2.
+    assert batch._rows[:2] == [rows_before[2], rows_before[1]]
+    while len(batch):
+        done.update(batch.step())
+    for i, s in enumerate(settings):
+        assert done[i].texts == generator.generate([PROMPTS[1]], s)[0].texts
+    assert done["next"].texts == generator.generate([follow_up[0]], follow_up[1])[0].texts
 
 
 def _width(batch) -> int:
