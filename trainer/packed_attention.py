@@ -37,7 +37,7 @@ NAME = "headline_packed"
 # ``layer_idx`` and whose positions come from ``position_ids`` alone (no sliding windows,
 # no cross-attention): tested on both in tests/trainer/test_generation.py.
 MODEL_TYPES = frozenset({"llama", "gpt2"})
-SPARE = 32  # columns of room at the end of the cache buffer (see Packing.attend)
+SPARE = 32  # columns of room at the end of the cache buffer (see Packing._place)
 SPARE_ROWS = 4  # rows of room in it, for requests that join while none leave
 
 
