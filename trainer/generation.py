@@ -627,8 +627,10 @@ class PackedDecodeBatch(DecodeBatch):
     decoding rows' tokens and every new prompt (trainer.packed_attention), so a
     joining request costs the batch a few more rows in that step's matrix products
     instead of a model call of its own. A prompt asked for n headlines is run once.
-    The cache is the batch's own: per layer, keys and values (b, kv_heads, L, d),
-    left-padded, with ``attention`` (b, L) marking each row's real positions.
+    The cache is the batch's own: every layer's keys and values in one buffer
+    (layers, 2, slots, kv_heads, C, d), row i in slot i, its keys the last columns before
+    ``_end`` (left-padded to the batch's width L), with ``attention`` (b, L) marking each
+    row's real positions; see trainer.packed_attention.Packing.
     """
 
     joins_mid_step = True  # add() only queues a prompt for the next model call

@@ -69,7 +69,7 @@ class Packing:
     segments: list[tuple[int, int, int, tuple[list, list] | None]]
     width: int
     end: int = 0
-    layers: int = 0
+    layers: int = field(kw_only=True)
     new_cache: torch.Tensor | None = None
     new_end: int = 0
     lead_masks: dict = field(init=False, repr=False)
@@ -109,7 +109,8 @@ class Packing:
         b, width, cache = self.rows, self.width, self.cache
         total = b + sum(n for _, _, n, _ in self.segments)  # rows after this step
         end = self.end + 1 if b else width  # the column after this step's keys
-        if not (b and cache.shape[2] >= total and cache.shape[4] >= end >= width):
+        # (A batch whose rows all left keeps its buffer for the prompts that join it.)
+        if cache is None or not (cache.shape[2] >= total and cache.shape[4] >= end >= width):
             cached = self.mask.shape[-1] if b else 0  # the decoding rows' keys after this step's token
             new = key.new_empty((self.layers, 2, total + SPARE_ROWS, key.shape[1], width + SPARE, key.shape[-1]))
             if b:  # the decoding rows' keys, left-padded to the new width

@@ -130,6 +130,12 @@ def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
         done.update(batch.step())
     assert batch.rows == 0 and batch.step() == []
 
+    _assert_alone(generator, items, done, joined)
+
+
+def _assert_alone(generator, items, done, joined) -> None:
+    """Each ``(prompt, settings, tag)`` of ``items`` got in ``done`` (its result) and ``joined``
+    (``_trace``'s logits) exactly what it gets alone in a batch of its own."""
     for prompt, settings, tag in items:
         alone_log, finished = {}, []
         alone = generator.open_batch()
@@ -223,17 +229,17 @@ def test_decoding_rows_with_as_many_keys_share_an_attention_call():
     mask = torch.zeros((len(lengths), 6), dtype=torch.bool)
     for row, n in enumerate(lengths):
         mask[row, 6 - n:] = True
-    packing = Packing(None, mask, len(lengths), [], 6)
+    packing = Packing(None, mask, len(lengths), [], 6, layers=1)
     assert packing.runs == [[0, 1, 3], [1, 3, 5], [3, 5, 3], [5, 6, 1]]
-    assert Packing(None, None, 0, [(0, 2, 1, None)], 2).runs == []  # a prompt alone: no decoding rows
+    assert Packing(None, None, 0, [(0, 2, 1, None)], 2, layers=1).runs == []  # a prompt alone: no decoding rows
 
 
 @pytest.mark.parametrize("spare,spare_rows", [(1, 4), (32, 0)])
 def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch, spare, spare_rows):
     """Packed batches keep their cache in a buffer with spare columns and rows. With one spare
-    column a plain step finds it full every other step, and with no spare row every joining
-    request does; each moves to a new buffer, and every request still gets its one-at-a-time
-    output."""
+    column a plain step finds it full every other step, and with no spare row a request that
+    joins while no other leaves does; each moves to a new buffer, and every request still gets
+    its one-at-a-time output."""
     from trainer import packed_attention
 
     monkeypatch.setattr(packed_attention, "SPARE", spare)
@@ -241,34 +247,86 @@ def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch, spare,
     test_requests_joining_a_running_batch_get_their_own_output(any_generator)
 
 
-def test_a_request_joining_as_another_leaves_is_written_in_place(generator):
+def test_a_longer_prompt_widens_the_batch_in_place(any_generator):
+    """A prompt longer than the batch's cached width joins into the same buffer when the columns
+    before the rows' keys are free (a longer row left, and its padding was dropped), and gets its
+    one-at-a-time tokens and logits."""
+    generator = any_generator
+    if not generator._packed:
+        pytest.skip("the general path keeps transformers' cache")
+    short, long_prompt = "Theme: tax\nHeadline:", "Category: sport\nTheme: cup final penalty\nHeadline:"
+    items = [(long_prompt, GenerationSettings(max_new_tokens=1), "leaves"),
+             (short, GenerationSettings(max_new_tokens=8), "short"),
+             (long_prompt, GenerationSettings(max_new_tokens=4), "long")]
+    batch, joined, done = generator.open_batch(), {}, {}
+    batch.add(items[:2])
+    while "leaves" not in done:
+        _trace(batch, joined)
+        done.update(batch.step())
+    assert batch.rows == 1 and _width(batch) < generator.count_tokens(long_prompt) <= batch._end + 1
+    buffer = batch._cache
+    batch.add(items[2:])
+    _trace(batch, joined)
+    done.update(batch.step())
+    assert batch._cache is buffer and batch.rows == 2
+    while len(batch):
+        _trace(batch, joined)
+        done.update(batch.step())
+    _assert_alone(generator, items, done, joined)
+
+
+def test_a_prompt_joining_as_every_row_leaves_reuses_the_buffer(any_generator):
+    """A prompt added before a step in which every decoding row ends runs in that step's model
+    call, in the buffer the batch had, and gets its one-at-a-time tokens and logits."""
+    generator = any_generator
+    if not generator._packed:
+        pytest.skip("the general path keeps transformers' cache")
+    items = [(PROMPTS[0], GenerationSettings(max_new_tokens=1), "first"),
+             (PROMPTS[1], GenerationSettings(max_new_tokens=5), "next")]
+    batch, joined, done = generator.open_batch(), {}, {}
+    batch.add(items[:1])
+    batch.step()  # its prompt: it ends at the next step's pick, its one token chosen
+    buffer = batch._cache
+    batch.add(items[1:])
+    _trace(batch, joined)
+    done.update(batch.step())
+    assert "first" in done and batch.rows == 1 and batch._cache is buffer
+    while len(batch):
+        _trace(batch, joined)
+        done.update(batch.step())
+    _assert_alone(generator, items, done, joined)
+
+
+def test_a_request_joining_as_another_leaves_is_written_in_place(any_generator):
     """Under steady load a step in which a request leaves and another joins writes the new
     prompt's keys into the buffer the batch has (a free slot, the rows that stay in theirs),
     instead of copying the whole cache into a new one; the last row moves into the slot the
-    leaving one freed, and every request gets its one-at-a-time output."""
+    leaving one freed, and every request gets its one-at-a-time tokens and logits."""
+    generator = any_generator
     if not generator._packed:
         pytest.skip("the general path keeps transformers' cache")
-    settings = [GenerationSettings(max_new_tokens=n) for n in (3, 9, 9)]
-    batch, done = generator.open_batch(), {}
-    batch.add([(PROMPTS[1], s, i) for i, s in enumerate(settings)])
+    items = [(prompt, GenerationSettings(max_new_tokens=n), i)
+             for i, (prompt, n) in enumerate(zip(PROMPTS, (3, 9, 9)))]
+    items.append(("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=4), "next"))
+    batch, joined, done = generator.open_batch(), {}, {}
+    batch.add(items[:3])
     done.update(batch.step())
     buffer, rows_before = batch._cache, list(batch._rows)
-    follow_up = ("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=4), "next")
-    assert generator.count_tokens(follow_up[0]) <= _width(batch)  # it fits beside the others
+    assert generator.count_tokens(items[3][0]) <= _width(batch)  # it fits beside the others
 
     def refill(finished):
-        batch.add([follow_up])
+        batch.add(items[3:])
 
     while 0 not in done:
+        _trace(batch, joined)
         done.update(batch.step(refill=refill))
     assert batch._cache is buffer and batch.rows == 3
     # Row 0 left: row 2 took its slot, row 1 kept its own, and the new request is row 2.
     assert batch._rows[:2] == [rows_before[2], rows_before[1]]
     while len(batch):
+        _trace(batch, joined)
         done.update(batch.step())
-    for i, s in enumerate(settings):
-        assert done[i].texts == generator.generate([PROMPTS[1]], s)[0].texts
-    assert done["next"].texts == generator.generate([follow_up[0]], follow_up[1])[0].texts
+    _assert_alone(generator, items, done, joined)
 
 
 def _width(batch) -> int:
@@ -280,21 +338,25 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     """A batch that never empties (a request joins at every step) must not grow its cache
     forever: padding that no remaining row needs is dropped when rows leave."""
     generator = any_generator
-    batch, widths, seen, done = generator.open_batch(), [], [], {}
+    batch, widths, seen, joined, done = generator.open_batch(), [], [], {}, {}
     prompts = [PROMPTS[1], PROMPTS[0], "Theme: tax\nHeadline:"]
-    for i in range(40):
-        batch.add([(prompts[i % 3], GenerationSettings(max_new_tokens=4 + i % 3), i)])
+    items = [(prompts[i % 3], GenerationSettings(max_new_tokens=4 + i % 3), i) for i in range(40)]
+    for item in items:
+        batch.add([item])
+        _trace(batch, joined)
         done.update(batch.step())
         widths.append(_width(batch))
         seen.append(batch._t["seen"].shape[1] if batch._t else 0)
     while len(batch):
+        _trace(batch, joined)
         done.update(batch.step())
     longest = max(generator.count_tokens(p) for p in prompts) + 6 + 1
     assert max(widths) <= longest, widths
     assert max(seen) <= longest, seen  # the seen-token ids of the repetition penalty likewise
     assert sorted(done) == list(range(40))
-    alone = generator.generate([prompts[39 % 3]], GenerationSettings(max_new_tokens=4 + 39 % 3))[0]
-    assert done[39].texts == alone.texts
+    # Rows moved between slots, columns dropped, prompts joining in place: every request's
+    # tokens and logits are still its one-at-a-time run's.
+    _assert_alone(generator, items, done, joined)
 
 
 @contextmanager
