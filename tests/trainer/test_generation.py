@@ -31,6 +31,8 @@ def tiny_llama_dir(tmp_path_factory):
 # attention: the packaged model's family), and the general path (prefill, then merged caches).
 # The service's float16 and int8 weights (trainer.cpu_linear) go through the same checks on Llama.
 PATHS = ["gpt2-packed", "llama-packed", "gpt2-general", "llama-packed-float16", "llama-packed-int8"]
+# The packed paths alone, for tests of the packed cache (the general path keeps transformers').
+packed_paths = pytest.mark.parametrize("any_generator", [p for p in PATHS if "packed" in p], indirect=True)
 
 
 @pytest.fixture(scope="module", params=PATHS)
@@ -247,13 +249,12 @@ def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch, spare,
     test_requests_joining_a_running_batch_get_their_own_output(any_generator)
 
 
+@packed_paths
 def test_a_longer_prompt_widens_the_batch_in_place(any_generator):
     """A prompt longer than the batch's cached width joins into the same buffer when the columns
     before the rows' keys are free (a longer row left, and its padding was dropped), and gets its
     one-at-a-time tokens and logits."""
     generator = any_generator
-    if not generator._packed:
-        pytest.skip("the general path keeps transformers' cache")
     short, long_prompt = "Theme: tax\nHeadline:", "Category: sport\nTheme: cup final penalty\nHeadline:"
     items = [(long_prompt, GenerationSettings(max_new_tokens=1), "leaves"),
              (short, GenerationSettings(max_new_tokens=8), "short"),
@@ -275,12 +276,11 @@ def test_a_longer_prompt_widens_the_batch_in_place(any_generator):
     _assert_alone(generator, items, done, joined)
 
 
+@packed_paths
 def test_a_prompt_joining_as_every_row_leaves_reuses_the_buffer(any_generator):
     """A prompt added before a step in which every decoding row ends runs in that step's model
     call, in the buffer the batch had, and gets its one-at-a-time tokens and logits."""
     generator = any_generator
-    if not generator._packed:
-        pytest.skip("the general path keeps transformers' cache")
     items = [(PROMPTS[0], GenerationSettings(max_new_tokens=1), "first"),
              (PROMPTS[1], GenerationSettings(max_new_tokens=5), "next")]
     batch, joined, done = generator.open_batch(), {}, {}
@@ -297,14 +297,13 @@ def test_a_prompt_joining_as_every_row_leaves_reuses_the_buffer(any_generator):
     _assert_alone(generator, items, done, joined)
 
 
+@packed_paths
 def test_a_request_joining_as_another_leaves_is_written_in_place(any_generator):
     """Under steady load a step in which a request leaves and another joins writes the new
     prompt's keys into the buffer the batch has (a free slot, the rows that stay in theirs),
     instead of copying the whole cache into a new one; the last row moves into the slot the
     leaving one freed, and every request gets its one-at-a-time tokens and logits."""
     generator = any_generator
-    if not generator._packed:
-        pytest.skip("the general path keeps transformers' cache")
     items = [(prompt, GenerationSettings(max_new_tokens=n), i)
              for i, (prompt, n) in enumerate(zip(PROMPTS, (3, 9, 9)))]
     items.append(("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=4), "next"))
