@@ -103,6 +103,19 @@ def _trace(batch, log):
         log[(row.request.tag, row.request.rows.index(row), len(row.out))] = logits.clone()
 
 
+def _step(batch, joined, done, refill=None) -> None:
+    """One step of ``batch``, its rows' logits recorded in ``joined`` first (``_trace``) and its
+    finished requests added to ``done``."""
+    _trace(batch, joined)
+    done.update(batch.step(refill=refill))
+
+
+def _drain(batch, joined, done) -> None:
+    """``_step`` until every request in ``batch`` has finished."""
+    while len(batch):
+        _step(batch, joined, done)
+
+
 def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
     """Continuous batching: rows join between steps, with prompts shorter and longer than the
     batch's cached length, and leave when done; each request gets the tokens, and at every step
@@ -119,17 +132,13 @@ def test_requests_joining_a_running_batch_get_their_own_output(any_generator):
     batch = generator.open_batch()
     batch.add(items[:1])
     for _ in range(2):
-        _trace(batch, joined)
-        done.update(batch.step())
+        _step(batch, joined, done)
     assert batch.can_join and batch.rows == 1
     batch.add(items[1:3])  # one prompt shorter, one longer than the batch's cached length
     assert batch.rows == 4 and len(batch) == 3
-    _trace(batch, joined)
-    done.update(batch.step())
+    _step(batch, joined, done)
     batch.add(items[3:])
-    while len(batch):
-        _trace(batch, joined)
-        done.update(batch.step())
+    _drain(batch, joined, done)
     assert batch.rows == 0 and batch.step() == []
 
     _assert_alone(generator, items, done, joined)
@@ -262,17 +271,13 @@ def test_a_longer_prompt_widens_the_batch_in_place(any_generator):
     batch, joined, done = generator.open_batch(), {}, {}
     batch.add(items[:2])
     while "leaves" not in done:
-        _trace(batch, joined)
-        done.update(batch.step())
+        _step(batch, joined, done)
     assert batch.rows == 1 and _width(batch) < generator.count_tokens(long_prompt) <= batch._end + 1
     buffer = batch._cache
     batch.add(items[2:])
-    _trace(batch, joined)
-    done.update(batch.step())
+    _step(batch, joined, done)
     assert batch._cache is buffer and batch.rows == 2
-    while len(batch):
-        _trace(batch, joined)
-        done.update(batch.step())
+    _drain(batch, joined, done)
     _assert_alone(generator, items, done, joined)
 
 
@@ -288,12 +293,9 @@ def test_a_prompt_joining_as_every_row_leaves_reuses_the_buffer(any_generator):
     batch.step()  # its prompt: it ends at the next step's pick, its one token chosen
     buffer = batch._cache
     batch.add(items[1:])
-    _trace(batch, joined)
-    done.update(batch.step())
+    _step(batch, joined, done)
     assert "first" in done and batch.rows == 1 and batch._cache is buffer
-    while len(batch):
-        _trace(batch, joined)
-        done.update(batch.step())
+    _drain(batch, joined, done)
     _assert_alone(generator, items, done, joined)
 
 
@@ -317,14 +319,11 @@ def test_a_request_joining_as_another_leaves_is_written_in_place(any_generator):
         batch.add(items[3:])
 
     while 0 not in done:
-        _trace(batch, joined)
-        done.update(batch.step(refill=refill))
+        _step(batch, joined, done, refill=refill)
     assert batch._cache is buffer and batch.rows == 3
     # Row 0 left: row 2 took its slot, row 1 kept its own, and the new request is row 2.
     assert batch._rows[:2] == [rows_before[2], rows_before[1]]
-    while len(batch):
-        _trace(batch, joined)
-        done.update(batch.step())
+    _drain(batch, joined, done)
     _assert_alone(generator, items, done, joined)
 
 
@@ -342,13 +341,10 @@ def test_cache_stays_as_wide_as_its_rows_under_steady_load(any_generator):
     items = [(prompts[i % 3], GenerationSettings(max_new_tokens=4 + i % 3), i) for i in range(40)]
     for item in items:
         batch.add([item])
-        _trace(batch, joined)
-        done.update(batch.step())
+        _step(batch, joined, done)
         widths.append(_width(batch))
         seen.append(batch._t["seen"].shape[1] if batch._t else 0)
-    while len(batch):
-        _trace(batch, joined)
-        done.update(batch.step())
+    _drain(batch, joined, done)
     longest = max(generator.count_tokens(p) for p in prompts) + 6 + 1
     assert max(widths) <= longest, widths
     assert max(seen) <= longest, seen  # the seen-token ids of the repetition penalty likewise
