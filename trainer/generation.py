@@ -161,6 +161,10 @@ class Generator:
         # packed steps compute them once per Generator (``_lead``) and feed only the rest.
         self._leads = _template_leads(tokenizer, cfg.prompt) if self._packed else ()
         self._lead_kv: dict[tuple[int, ...], tuple[list, list]] = {}
+        # The cache buffer of the last packed batch that emptied, for the next batch to start in
+        # (taken by one batch at a time): a service that answers one request at a time does not
+        # make, and zero, a buffer for each.
+        self._spare_cache = None
 
     # -- loading --------------------------------------------------------------
     @classmethod
@@ -265,7 +269,8 @@ class Generator:
             packing = Packing(None, None, 0, [(0, P, 1, None)], P, layers=layers)
             with torch.inference_mode():
                 self._packed_call(torch.tensor(lead, device=dev), torch.arange(P, device=dev), [P - 1], packing)
-            kv = packing.new_cache[:, :, :1, :, :P].clone()  # (layers, 2, 1, kv_heads, P, d)
+            end = packing.new_end
+            kv = packing.new_cache[:, :, :1, :, end - P:end].clone()  # (layers, 2, 1, kv_heads, P, d)
             held = self._lead_kv[lead] = (list(kv[:, 0]), list(kv[:, 1]))
         return held
 
@@ -667,7 +672,7 @@ class PackedDecodeBatch(DecodeBatch):
     def _keep_cache(self, idx: torch.Tensor, first: int) -> bool:
         """Moves the rows that ``_slots`` moved, in place: a slot's real keys are its last columns up
         to ``_end`` (at most as many as the batch is wide); the columns dropped (``first``) are
-        left as padding, which is never read."""
+        left as padding, masked out where a row's window covers them."""
         start = self._end - self._t["attention"].shape[1] + first  # this batch's first used column
         for new, old in enumerate(idx.tolist()):
             if new != old:  # every layer's keys and values at once
@@ -682,7 +687,8 @@ class PackedDecodeBatch(DecodeBatch):
         g, dev, vocab = self._g, self._g.device, self._vocab
         b, pending, self._pending = len(self._rows), self._pending, []
         if not b and not pending:
-            self._cache = None
+            if self._cache is not None:  # the next batch starts in it
+                g._spare_cache, self._cache = self._cache, None
             self._t = {}
             return
         t = self._t
@@ -705,6 +711,8 @@ class PackedDecodeBatch(DecodeBatch):
             offset += len(prompt) - P
             last.append(offset - 1)
         width = max([cached] + [length for _, length, _, _ in segments])
+        if self._cache is None:  # a new batch, or one that emptied: the spare buffer if any
+            self._cache, g._spare_cache = g._spare_cache, None
         packing = Packing(self._cache, mask, b, segments, width, self._end,
                           layers=g.model.config.num_hidden_layers)
         result = g._packed_call(torch.cat(ids), torch.cat(positions), last, packing)

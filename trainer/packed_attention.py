@@ -8,14 +8,19 @@ prompt's tokens, ``[r1 r2 r3 | p1 p1 p1 p1 | p2 p2 p2]``. The linear layers,
 where a step's time goes, read their weights once for all of it; only
 attention is done per part:
 
-- decoding rows: their token against exactly their own cached keys. Rows of one
-  length share a call; a row is never attended over padding, since masked padding
-  columns change how the kernel's sums are split and so the result's last bits (and
-  int8 activations round those differences into different headlines). With
-  products that compute each row on its own (fbgemm's int8 on CPU, and its float16
-  where ``cpu_linear.float16_rows_independent``, as with AVX-512), a row's output is
-  then bit-identical alone and batched; float32 products (MKL), float16 on AVX2 and
-  GPU kernels may still round differently with the batch's shape;
+- decoding rows: their token against their own cached keys, over a window of the
+  cache whose size depends on the row alone: its last ``bucket(keys)`` columns (keys
+  rounded up to ``BUCKET``), the columns before its keys masked out. A row is laid out
+  and attended the same way alone and batched, so the kernel splits its sums the same
+  way (how many columns it sums over changes the result's last bits, and int8
+  activations round those differences into different headlines), and neighbouring rows
+  of one bucket share a call: a batch of theme prompts is one call per layer instead
+  of one per row. The masked columns hold finite leftovers (buffers start zeroed) and
+  weigh exactly 0. With products that compute each row on its own (fbgemm's int8 on
+  CPU, and its float16 where ``cpu_linear.float16_rows_independent``, as with
+  AVX-512), a row's output is then bit-identical alone and batched; float32 products
+  (MKL), float16 on AVX2 and GPU kernels may still round differently with the
+  batch's shape;
 - each new prompt: causal attention over its own tokens, as in its own prefill.
 
 This module holds the attention function (registered with transformers as
@@ -39,6 +44,13 @@ NAME = "headline_packed"
 MODEL_TYPES = frozenset({"llama", "gpt2"})
 SPARE = 32  # columns of room at the end of the cache buffer (see Packing._place)
 SPARE_ROWS = 4  # rows of room in it, for requests that join while none leave
+BUCKET = 32  # a decoding row attends over its last bucket(keys) columns (see Packing.attend)
+
+
+def bucket(keys: int) -> int:
+    """Columns a decoding row with ``keys`` keys attends over, the last ones its keys: ``keys``
+    rounded up to a multiple of BUCKET, so that it depends on the row alone."""
+    return -(-keys // BUCKET) * BUCKET
 
 
 @dataclass
@@ -48,10 +60,11 @@ class Packing:
     ``cache``: the decoding rows' keys and values, all layers in one buffer
     (layers, 2, slots, kv_heads, C, d) whose first ``rows`` slots are the rows. Row r's keys are
     the columns before ``end``, as many as its ``mask`` marks before this step's token; the columns
-    before them are left padding, never read; the columns from ``end`` on are room for the next
-    steps' keys, and the slots after ``rows`` room for joining rows.
+    before them are left padding, masked out where the row's window (its last ``bucket(keys)``
+    columns) covers them; the columns from ``end`` on are room for the next steps' keys, and the
+    slots after ``rows`` room for joining rows.
     ``mask`` (b, L + 1) marks each decoding row's real keys, its new token included: they are
-    the last columns of the row, and ``runs`` groups neighbouring rows with as many.
+    the last columns of the row, and ``runs`` groups neighbouring rows of one bucket.
     ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
     asked for n headlines is run once and its keys are copied to its n rows. ``lead`` (or None):
     per layer, the keys and values (1, kv_heads, P, d) of the prompt's first P tokens, computed
@@ -73,22 +86,25 @@ class Packing:
     new_cache: torch.Tensor | None = None
     new_end: int = 0
     lead_masks: dict = field(init=False, repr=False)
+    keys: list = field(init=False, repr=False)
     runs: list = field(init=False, repr=False)
+    run_masks: list = field(init=False, repr=False)
 
     def __post_init__(self):
-        """Made once per call, the same in every layer: the decoding rows' ``runs`` (first row,
-        end row, keys) of neighbouring rows with as many real keys, and the attention mask
-        (fed, length) of each segment with a lead: its fed tokens see the lead and the tokens
-        before them."""
+        """Made once per call, the same in every layer: the decoding rows' ``keys`` (real ones,
+        this step's included), their ``runs`` (first row, end row, window columns) of neighbouring
+        rows in one bucket, and the attention mask (fed, length) of each segment with a lead: its
+        fed tokens see the lead and the tokens before them."""
         import torch
 
-        self.runs = []
+        self.keys, self.runs, self.run_masks = [], [], []
         if self.rows:
-            for row, keys in enumerate(self.mask.sum(1).tolist()):
-                if self.runs and self.runs[-1][2] == keys:
+            self.keys = self.mask.sum(1).tolist()
+            for row, keys in enumerate(self.keys):
+                if self.runs and self.runs[-1][2] == bucket(keys):
                     self.runs[-1][1] = row + 1
                 else:
-                    self.runs.append([row, row + 1, keys])
+                    self.runs.append([row, row + 1, bucket(keys)])
         self.lead_masks = {}
         for i, (_, length, _, lead) in enumerate(self.segments):
             if lead:
@@ -103,20 +119,43 @@ class Packing:
         The buffer has room for SPARE more columns and SPARE_ROWS more rows than it holds. A step
         whose keys fit writes them in place: each decoding row's new key in the column after its
         others, a joining prompt's keys in a free slot, right-aligned with the rows (ending in the
-        same column). Only a step that runs out of room copies the cache, in one copy for all
-        layers, into a new buffer (before, every step in which a prompt joined copied each
-        layer's)."""
+        same column). A step that runs out of columns moves the rows' keys back, in one copy for
+        all layers, so that they end at ``bucket(width + SPARE)``: each row's window then fits
+        before them for the SPARE steps until the columns run out again. Only a step that runs out
+        of slots, or whose rows' keys outgrow the buffer, copies them into a new buffer with that
+        room; a new buffer is zeroed, since padding in a window must be finite to weigh 0. Also
+        made here: each run's mask."""
         b, width, cache = self.rows, self.width, self.cache
         total = b + sum(n for _, _, n, _ in self.segments)  # rows after this step
-        end = self.end + 1 if b else width  # the column after this step's keys
+        # The column after this step's keys; a batch whose rows all left starts its prompts where a
+        # new buffer would.
+        end = self.end + 1 if b else bucket(width + SPARE)
+        slots = cache is not None and cache.shape[2] >= total
         # (A batch whose rows all left keeps its buffer for the prompts that join it.)
-        if cache is None or not (cache.shape[2] >= total and cache.shape[4] >= end >= width):
+        if not (slots and cache.shape[4] >= end >= bucket(width)):
             cached = self.mask.shape[-1] if b else 0  # the decoding rows' keys after this step's token
-            new = key.new_empty((self.layers, 2, total + SPARE_ROWS, key.shape[1], width + SPARE, key.shape[-1]))
-            if b:  # the decoding rows' keys, left-padded to the new width
-                new[:, :, :b, :, width - cached:width - 1] = cache[:, :, :b, :, self.end - cached + 1:self.end]
-            cache, end = new, width
+            end = bucket(width + SPARE)
+            old = cache[:, :, :b, :, self.end - cached + 1:self.end] if b else None
+            if slots and cache.shape[4] >= end + SPARE:
+                # Out of columns only: the rows move back in their own buffer (their keys may
+                # overlap where they go, hence the copy), whose other columns hold finite leftovers.
+                if b:
+                    cache[:, :, :b, :, end - cached:end - 1] = old.clone()
+            else:
+                cache = key.new_zeros((self.layers, 2, total + SPARE_ROWS, key.shape[1], end + SPARE, key.shape[-1]))
+                if b:  # the decoding rows' keys, left-padded to the new width
+                    cache[:, :, :b, :, end - cached:end - 1] = old
         self.new_cache, self.new_end = cache, end
+        self.run_masks = [self._run_mask(i, j, B, key) for i, j, B in self.runs]
+
+    def _run_mask(self, i: int, j: int, B: int, key):
+        """The additive mask (j - i, 1, 1, B) of a run's windows: 0 on each row's keys (its last
+        columns), -inf on the columns before them."""
+        import torch
+
+        keys = torch.tensor(self.keys[i:j], device=key.device).view(j - i, 1, 1, 1)
+        before = torch.arange(B, device=key.device) < B - keys
+        return key.new_zeros((j - i, 1, 1, B)).masked_fill_(before, float("-inf"))
 
     def attend(self, layer: int, query, key, value, scale: float | None):
         """query (1, H, S, d), key/value (1, kv_heads, S, d) of the packed sequence -> (1, S, H, d)."""
@@ -134,11 +173,13 @@ class Packing:
         if b:
             # Each row's new key joins its cache; the row's query heads that share a key head
             # are laid out as that head's queries (as transformers' pack_gqa does for decoding).
+            # Each run attends over its rows' windows: the last B columns before the end.
             keys[:b, :, width - 1] = key[0, :, :b].transpose(0, 1)
             values[:b, :, width - 1] = value[0, :, :b].transpose(0, 1)
             q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
-            parts = [sdpa(q[i:j], keys[i:j, :, width - n:width], values[i:j, :, width - n:width], scale=scale)
-                     for i, j, n in self.runs]  # each (j - i, kv_heads, group, d)
+            kc, vc = self.new_cache[layer, 0], self.new_cache[layer, 1]
+            parts = [sdpa(q[i:j], kc[i:j, :, end - B:end], vc[i:j, :, end - B:end], attn_mask=mask, scale=scale)
+                     for (i, j, B), mask in zip(self.runs, self.run_masks)]  # each (j - i, kv_heads, group, d)
             out = torch.cat(parts) if len(parts) > 1 else parts[0]
             outs.append(out.reshape(b, heads, d).transpose(0, 1))  # (H, b, d)
         row = b

@@ -231,31 +231,131 @@ def test_a_prompt_of_no_tokens_is_refused_and_the_batch_goes_on(any_generator):
     assert done["a"].texts == generator.generate([PROMPTS[0]], GenerationSettings(max_new_tokens=4))[0].texts
 
 
-def test_decoding_rows_with_as_many_keys_share_an_attention_call():
-    """Packing.runs: neighbouring decoding rows with the same number of real keys (the last
-    columns of their mask) form one run, attended in one call; any other row starts a new run."""
+def test_decoding_rows_in_one_bucket_share_an_attention_call():
+    """Packing.runs: neighbouring decoding rows whose real keys (the last columns of their mask)
+    round up to the same window (packed_attention.bucket) form one run, attended in one call;
+    any other row starts a new run."""
+    from trainer.packed_attention import BUCKET, Packing, bucket
+
+    assert BUCKET == 32 and [bucket(n) for n in (1, 32, 33, 64, 65)] == [32, 32, 64, 64, 96]
+    lengths = [3, 33, 40, 3, 64, 65, 1]
+    mask = torch.zeros((len(lengths), 65), dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        mask[row, 65 - n:] = True
+    packing = Packing(None, mask, len(lengths), [], 65, layers=1)
+    assert packing.keys == lengths
+    assert packing.runs == [[0, 1, 32], [1, 3, 64], [3, 4, 32], [4, 5, 64], [5, 6, 96], [6, 7, 32]]
+    assert Packing(None, None, 0, [(0, 2, 1, None)], 2, layers=1).runs == []  # a prompt alone: no decoding rows
+
+
+def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_holds():
+    """A decoding row attends over its window (its last bucket(keys) columns), the columns before
+    its keys masked out: its output is bit-identical alone and in a run of rows with other
+    numbers of keys, and the same whatever finite values the masked columns hold (leftovers of
+    the slot's earlier rows)."""
     from trainer.packed_attention import Packing
 
-    lengths = [3, 5, 5, 3, 3, 1]
-    mask = torch.zeros((len(lengths), 6), dtype=torch.bool)
-    for row, n in enumerate(lengths):
-        mask[row, 6 - n:] = True
-    packing = Packing(None, mask, len(lengths), [], 6, layers=1)
-    assert packing.runs == [[0, 1, 3], [1, 3, 5], [3, 5, 3], [5, 6, 1]]
-    assert Packing(None, None, 0, [(0, 2, 1, None)], 2, layers=1).runs == []  # a prompt alone: no decoding rows
+    torch.manual_seed(0)
+    heads, kv_heads, d, end, slots = 4, 2, 8, 40, 4
+    lengths = [5, 12, 30]  # keys before this step's: one bucket (32 with the new key)
+    query = torch.randn(1, heads, len(lengths), d)
+    key, value = torch.randn(1, kv_heads, len(lengths), d), torch.randn(1, kv_heads, len(lengths), d)
+
+    def attend(cache, rows, padding_seed=None):
+        """Rows ``rows`` of the example in slots 0.., their keys the columns before ``end``; with
+        ``padding_seed`` the columns before them hold random values, else zeros."""
+        buffer = torch.zeros((1, 2, slots, kv_heads, 72, d))
+        if padding_seed is not None:
+            buffer.copy_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(padding_seed)) * 100)
+        width = max(lengths[r] for r in rows) + 1
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for slot, r in enumerate(rows):
+            n = lengths[r]
+            buffer[:, :, slot, :, end - n:end] = cache[:, :, r, :, end - n:end]
+            mask[slot, width - n - 1:] = True
+        packing = Packing(buffer, mask, len(rows), [], width, end, layers=1)
+        out, _ = packing.attend(0, query[:, :, rows], key[:, :, rows], value[:, :, rows], scale=None)
+        assert packing.new_cache is buffer and len(packing.runs) == 1
+        return out[0]  # (rows, heads, d)
+
+    cache = torch.randn(1, 2, len(lengths), kv_heads, 72, d)
+    batched = attend(cache, [0, 1, 2])
+    assert torch.equal(batched, attend(cache, [0, 1, 2], padding_seed=1))
+    assert torch.equal(batched, attend(cache, [0, 1, 2], padding_seed=2))
+    for r in range(len(lengths)):
+        assert torch.equal(batched[r], attend(cache, [r], padding_seed=r)[0])
+    # What it is: each row's softmax attention over its own keys and this step's.
+    for r, n in enumerate(lengths):
+        k = torch.cat([cache[0, 0, r, :, end - n:end], key[0, :, r, None]], dim=1).repeat_interleave(2, 0)
+        v = torch.cat([cache[0, 1, r, :, end - n:end], value[0, :, r, None]], dim=1).repeat_interleave(2, 0)
+        weights = torch.softmax(query[0, :, r, None] @ k.transpose(1, 2) / d ** 0.5, dim=-1)
+        torch.testing.assert_close(batched[r], (weights @ v)[:, 0])
 
 
 @pytest.mark.parametrize("spare,spare_rows", [(1, 4), (32, 0)])
 def test_cache_buffers_that_fill_up_are_grown(any_generator, monkeypatch, spare, spare_rows):
     """Packed batches keep their cache in a buffer with spare columns and rows. With one spare
-    column a plain step finds it full every other step, and with no spare row a request that
-    joins while no other leaves does; each moves to a new buffer, and every request still gets
-    its one-at-a-time output."""
+    column a plain step finds it full every other step (its rows move back in it, or to a new
+    buffer when their windows outgrow it), and with no spare row a request that joins while no
+    other leaves does (a new buffer); every request still gets its one-at-a-time output."""
     from trainer import packed_attention
 
     monkeypatch.setattr(packed_attention, "SPARE", spare)
     monkeypatch.setattr(packed_attention, "SPARE_ROWS", spare_rows)
+    monkeypatch.setattr(any_generator, "_spare_cache", None)  # (one with more room, left by another test)
     test_requests_joining_a_running_batch_get_their_own_output(any_generator)
+
+
+@packed_paths
+def test_a_batch_out_of_columns_moves_its_rows_back_in_its_buffer(any_generator, monkeypatch):
+    """With 4 spare columns, requests decoding 9 tokens run out of columns every 4 steps: the
+    rows' keys move back in the same buffer (no new one is made), and each request gets its
+    one-at-a-time tokens and logits."""
+    from trainer import packed_attention
+
+    monkeypatch.setattr(packed_attention, "SPARE", 4)
+    generator = any_generator
+    monkeypatch.setattr(generator, "_spare_cache", None)  # (one with more columns, left by another test)
+    items = [(prompt, GenerationSettings(max_new_tokens=9), i) for i, prompt in enumerate(PROMPTS)]
+    batch, joined, done = generator.open_batch(), {}, {}
+    batch.add(items)
+    _step(batch, joined, done)
+    buffer, ends = batch._cache, [batch._end]
+    while len(batch):
+        _step(batch, joined, done)
+        if len(batch):
+            assert batch._cache is buffer
+            ends.append(batch._end)
+    assert sum(later < earlier for earlier, later in zip(ends, ends[1:])) >= 1, ends  # moved back
+    _assert_alone(generator, items, done, joined)
+
+
+@packed_paths
+def test_a_new_batch_starts_in_the_buffer_of_the_last_one_that_emptied(any_generator):
+    """A service answering one request at a time opens a batch per request: each starts in the
+    buffer the last emptied batch left (no new, zeroed, buffer per request), one batch at a time
+    (a batch opened while another runs gets its own), and gets its one-at-a-time output."""
+    generator = any_generator
+    first = generator.open_batch()
+    first.add([(PROMPTS[0], GenerationSettings(max_new_tokens=3), "first")])
+    first.step()
+    buffer = first._cache
+    other = generator.open_batch()  # while the first runs: a buffer of its own
+    other.add([(PROMPTS[2], GenerationSettings(max_new_tokens=2), "other")])
+    other.step()
+    assert other._cache is not buffer
+    done, joined = {}, {}
+    _drain(first, {}, done)
+    _drain(other, {}, done)
+    assert first._cache is None and generator._spare_cache is not None
+    items = [(PROMPTS[1], GenerationSettings(max_new_tokens=5), "next")]
+    batch = generator.open_batch()
+    batch.add(items)
+    spare = generator._spare_cache
+    _step(batch, joined, done)
+    assert batch._cache is spare and generator._spare_cache is None
+    _drain(batch, joined, done)
+    _assert_alone(generator, items, done, joined)
 
 
 @packed_paths
