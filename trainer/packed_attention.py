@@ -14,13 +14,16 @@ attention is done per part:
   and attended the same way alone and batched, so the kernel splits its sums the same
   way (how many columns it sums over changes the result's last bits, and int8
   activations round those differences into different headlines), and neighbouring rows
-  of one bucket share a call: a batch of theme prompts is one call per layer instead
-  of one per row. The masked columns hold finite leftovers (buffers start zeroed) and
-  weigh exactly 0. With products that compute each row on its own (fbgemm's int8 on
-  CPU, and its float16 where ``cpu_linear.float16_rows_independent``, as with
-  AVX-512), a row's output is then bit-identical alone and batched; float32 products
-  (MKL), float16 on AVX2 and GPU kernels may still round differently with the
-  batch's shape;
+  of one bucket share a call when torch runs on one thread (the service's default): a
+  batch of theme prompts is one call per layer instead of one per row. With more
+  threads the attention kernel's result for a row depends on which thread computes
+  it, so each row gets a call of its own there, as alone. The masked columns, at most
+  BUCKET - 1 before a row's first key, are kept zero (``Packing.pad``), so they weigh
+  exactly 0 and nothing left in a slot by an earlier row can reach another. With
+  products that compute each row on its own (fbgemm's int8 on CPU, and its float16
+  where ``cpu_linear.float16_rows_independent``, as with AVX-512), a row's output is
+  then bit-identical alone and batched; float32 products (MKL), float16 on AVX2 and
+  GPU kernels may still round differently with the batch's shape;
 - each new prompt: causal attention over its own tokens, as in its own prefill.
 
 This module holds the attention function (registered with transformers as
@@ -53,6 +56,17 @@ def bucket(keys: int) -> int:
     return -(-keys // BUCKET) * BUCKET
 
 
+def new_buffer(key, shape):
+    """A cache buffer, not cleared: what is read of it is written first (keys, and ``pad``)."""
+    return key.new_empty(shape)
+
+
+def pad(cache, first: int, last: int, column: int) -> None:
+    """Zero the BUCKET - 1 columns before ``column`` (a row's first key) in slots ``first`` to
+    ``last``, every layer: the masked part of the rows' windows, which must be finite to weigh 0."""
+    cache[:, :, first:last, :, max(0, column - BUCKET + 1):column] = 0
+
+
 @dataclass
 class Packing:
     """One packed call.
@@ -60,9 +74,10 @@ class Packing:
     ``cache``: the decoding rows' keys and values, all layers in one buffer
     (layers, 2, slots, kv_heads, C, d) whose first ``rows`` slots are the rows. Row r's keys are
     the columns before ``end``, as many as its ``mask`` marks before this step's token; the columns
-    before them are left padding, masked out where the row's window (its last ``bucket(keys)``
-    columns) covers them; the columns from ``end`` on are room for the next steps' keys, and the
-    slots after ``rows`` room for joining rows.
+    before them are left padding: the BUCKET - 1 just before its first key are zeros (the row's
+    window, its last ``bucket(keys)`` columns, reaches no further), the others are never read;
+    the columns from ``end`` on are room for the next steps' keys, and the slots after ``rows``
+    room for joining rows.
     ``mask`` (b, L + 1) marks each decoding row's real keys, its new token included: they are
     the last columns of the row, and ``runs`` groups neighbouring rows of one bucket.
     ``segments``: (offset in the packed sequence, length, rows, lead) of each new prompt; a prompt
@@ -93,15 +108,17 @@ class Packing:
     def __post_init__(self):
         """Made once per call, the same in every layer: the decoding rows' ``keys`` (real ones,
         this step's included), their ``runs`` (first row, end row, window columns) of neighbouring
-        rows in one bucket, and the attention mask (fed, length) of each segment with a lead: its
-        fed tokens see the lead and the tokens before them."""
+        rows in one bucket (each row its own run when torch runs on more than one thread), and the
+        attention mask (fed, length) of each segment with a lead: its fed tokens see the lead and
+        the tokens before them."""
         import torch
 
         self.keys, self.runs, self.run_masks = [], [], []
         if self.rows:
             self.keys = self.mask.sum(1).tolist()
+            shared = torch.get_num_threads() == 1
             for row, keys in enumerate(self.keys):
-                if self.runs and self.runs[-1][2] == bucket(keys):
+                if shared and self.runs and self.runs[-1][2] == bucket(keys):
                     self.runs[-1][1] = row + 1
                 else:
                     self.runs.append([row, row + 1, bucket(keys)])
@@ -121,10 +138,10 @@ class Packing:
         others, a joining prompt's keys in a free slot, right-aligned with the rows (ending in the
         same column). A step that runs out of columns moves the rows' keys back, in one copy for
         all layers, so that they end at ``bucket(width + SPARE)``: each row's window then fits
-        before them for the SPARE steps until the columns run out again. Only a step that runs out
-        of slots, or whose rows' keys outgrow the buffer, copies them into a new buffer with that
-        room; a new buffer is zeroed, since padding in a window must be finite to weigh 0. Also
-        made here: each run's mask."""
+        before them. Only a step that runs out of slots, or whose rows' keys outgrow the buffer
+        (a batch whose rows keep growing does so every SPARE steps), copies them into a new buffer
+        with that room. Wherever a row's keys are put, the BUCKET - 1 columns before them are
+        zeroed (``pad``): its window's masked part. Also made here: each run's mask."""
         b, width, cache = self.rows, self.width, self.cache
         total = b + sum(n for _, _, n, _ in self.segments)  # rows after this step
         # The column after this step's keys; a batch whose rows all left starts its prompts where a
@@ -138,13 +155,19 @@ class Packing:
             old = cache[:, :, :b, :, self.end - cached + 1:self.end] if b else None
             if slots and cache.shape[4] >= end + SPARE:
                 # Out of columns only: the rows move back in their own buffer (their keys may
-                # overlap where they go, hence the copy), whose other columns hold finite leftovers.
+                # overlap where they go, hence the copy).
                 if b:
                     cache[:, :, :b, :, end - cached:end - 1] = old.clone()
             else:
-                cache = key.new_zeros((self.layers, 2, total + SPARE_ROWS, key.shape[1], end + SPARE, key.shape[-1]))
+                cache = new_buffer(key, (self.layers, 2, total + SPARE_ROWS, key.shape[1], end + SPARE, key.shape[-1]))
                 if b:  # the decoding rows' keys, left-padded to the new width
                     cache[:, :, :b, :, end - cached:end - 1] = old
+            for row, keys in enumerate(self.keys):  # this step's key included: the last column
+                pad(cache, row, row + 1, end - keys)
+        row = b
+        for _, length, rows, _ in self.segments:  # joining prompts' rows
+            pad(cache, row, row + rows, end - length)
+            row += rows
         self.new_cache, self.new_end = cache, end
         self.run_masks = [self._run_mask(i, j, B, key) for i, j, B in self.runs]
 

@@ -93,7 +93,7 @@ def test_batched_equals_one_at_a_time_with_mixed_settings(any_generator):
 def _trace(batch, log):
     """Record the next-token logits of every active row, keyed by (tag, row, tokens so far), and
     check that each row's real positions are the last of the cache (left padding only): packed
-    steps attend over exactly those last columns."""
+    steps attend over those last columns, with the padding in their window masked out."""
     if "attention" in batch._t:
         attention = batch._t["attention"].bool()
         width = attention.shape[1]
@@ -160,9 +160,9 @@ def _assert_alone(generator, items, done, joined) -> None:
         assert done[tag].prompt_tokens == result.prompt_tokens, tag
         for key, logits in alone_log.items():
             if generator._packed and rows_exact(generator.weights):
-                # Each row attends over exactly its own keys, and fbgemm's int8 (and, on CPUs
-                # whose kernels allow it, float16) products compute each row on its own: the
-                # same bits alone and batched.
+                # Each row attends over a window of its own (its keys, masked padding before
+                # them), and fbgemm's int8 (and, on CPUs whose kernels allow it, float16) products
+                # compute each row on its own: the same bits alone and batched.
                 assert torch.equal(joined[key], logits), key
             else:  # float32 products (MKL), AVX2's float16 kernels and the general path's
                 # attention over the batch's padding round differently with the batch's shape
@@ -248,48 +248,111 @@ def test_decoding_rows_in_one_bucket_share_an_attention_call():
     assert Packing(None, None, 0, [(0, 2, 1, None)], 2, layers=1).runs == []  # a prompt alone: no decoding rows
 
 
-def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_holds():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_holds(threads):
     """A decoding row attends over its window (its last bucket(keys) columns), the columns before
-    its keys masked out: its output is bit-identical alone and in a run of rows with other
-    numbers of keys, and the same whatever finite values the masked columns hold (leftovers of
-    the slot's earlier rows)."""
+    its keys masked out: its output is bit-identical alone (in another slot, at another end
+    column) and batched with rows of other lengths, in its bucket and in others; the same
+    whatever finite values the masked columns hold; and with 2 torch threads too, where the
+    kernel's result depends on the thread, so rows get calls of their own. Shapes of SmolLM2's
+    attention (3 key heads of 3 query heads, 64 dimensions)."""
     from trainer.packed_attention import Packing
 
     torch.manual_seed(0)
-    heads, kv_heads, d, end, slots = 4, 2, 8, 40, 4
-    lengths = [5, 12, 30]  # keys before this step's: one bucket (32 with the new key)
+    heads, kv_heads, d, slots = 9, 3, 64, 8
+    lengths = [5, 12, 30, 40, 3, 31]  # keys before this step's: buckets 32, 32, 32, 64, 32, 32
     query = torch.randn(1, heads, len(lengths), d)
     key, value = torch.randn(1, kv_heads, len(lengths), d), torch.randn(1, kv_heads, len(lengths), d)
+    cache = torch.randn(1, 2, len(lengths), kv_heads, 72, d)  # row r's keys: its last columns before 70
 
-    def attend(cache, rows, padding_seed=None):
-        """Rows ``rows`` of the example in slots 0.., their keys the columns before ``end``; with
-        ``padding_seed`` the columns before them hold random values, else zeros."""
-        buffer = torch.zeros((1, 2, slots, kv_heads, 72, d))
+    def attend(rows, end, first_slot=0, padding_seed=None):
+        """Rows ``rows`` of the example in slots from ``first_slot`` on, their keys the columns
+        before ``end``; with ``padding_seed`` the columns before them hold random values."""
+        buffer = torch.zeros((1, 2, slots, kv_heads, 100, d))
         if padding_seed is not None:
             buffer.copy_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(padding_seed)) * 100)
         width = max(lengths[r] for r in rows) + 1
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for slot, r in enumerate(rows):
+        mask = torch.zeros((first_slot + len(rows), width), dtype=torch.bool)
+        for slot, r in enumerate(rows, first_slot):
             n = lengths[r]
-            buffer[:, :, slot, :, end - n:end] = cache[:, :, r, :, end - n:end]
+            buffer[:, :, slot, :, end - n:end] = cache[:, :, r, :, 70 - n:70]
             mask[slot, width - n - 1:] = True
-        packing = Packing(buffer, mask, len(rows), [], width, end, layers=1)
-        out, _ = packing.attend(0, query[:, :, rows], key[:, :, rows], value[:, :, rows], scale=None)
-        assert packing.new_cache is buffer and len(packing.runs) == 1
-        return out[0]  # (rows, heads, d)
+        mask[:first_slot, -1] = True  # rows before them: one key each
+        packing = Packing(buffer, mask, first_slot + len(rows), [], width, end, layers=1)
+        pick = [0] * first_slot + rows
+        out, _ = packing.attend(0, query[:, :, pick], key[:, :, pick], value[:, :, pick], scale=None)
+        assert packing.new_cache is buffer
+        return out[0, first_slot:]  # (rows, heads, d)
 
-    cache = torch.randn(1, 2, len(lengths), kv_heads, 72, d)
-    batched = attend(cache, [0, 1, 2])
-    assert torch.equal(batched, attend(cache, [0, 1, 2], padding_seed=1))
-    assert torch.equal(batched, attend(cache, [0, 1, 2], padding_seed=2))
-    for r in range(len(lengths)):
-        assert torch.equal(batched[r], attend(cache, [r], padding_seed=r)[0])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batched = attend(list(range(len(lengths))), 70)
+        assert torch.equal(batched, attend(list(range(len(lengths))), 70, padding_seed=1))
+        for r in range(len(lengths)):
+            assert torch.equal(batched[r], attend([r], 64 + r, first_slot=r % 3, padding_seed=r)[0]), r
+    finally:
+        torch.set_num_threads(before)
     # What it is: each row's softmax attention over its own keys and this step's.
     for r, n in enumerate(lengths):
-        k = torch.cat([cache[0, 0, r, :, end - n:end], key[0, :, r, None]], dim=1).repeat_interleave(2, 0)
-        v = torch.cat([cache[0, 1, r, :, end - n:end], value[0, :, r, None]], dim=1).repeat_interleave(2, 0)
+        k = torch.cat([cache[0, 0, r, :, 70 - n:70], key[0, :, r, None]], dim=1).repeat_interleave(3, 0)
+        v = torch.cat([cache[0, 1, r, :, 70 - n:70], value[0, :, r, None]], dim=1).repeat_interleave(3, 0)
         weights = torch.softmax(query[0, :, r, None] @ k.transpose(1, 2) / d ** 0.5, dim=-1)
         torch.testing.assert_close(batched[r], (weights @ v)[:, 0])
+
+
+@packed_paths
+def test_nothing_left_in_a_buffer_reaches_the_rows_that_take_it(any_generator, monkeypatch):
+    """Slots are reused: a joining prompt takes one that an earlier row left, a moved row another,
+    a new batch the last batch's buffer, and a new buffer is not cleared. A row's window reads
+    the columns just before its keys, masked out; they are zeroed wherever a row is put, so
+    whatever was there (NaN here, everywhere not yet written) changes no output."""
+    from trainer import packed_attention
+
+    monkeypatch.setattr(packed_attention, "SPARE", 2)  # columns run out: rows move back, buffers grow
+    monkeypatch.setattr(packed_attention, "new_buffer", lambda key, shape: key.new_full(shape, float("nan")))
+    generator = any_generator
+    spare = generator._spare_cache
+    monkeypatch.setattr(generator, "_spare_cache", None if spare is None else torch.full_like(spare, float("nan")))
+    batch, joined, done = generator.open_batch(), {}, {}
+    prompts = [PROMPTS[1], PROMPTS[0], "Theme: tax\nHeadline:"]
+    items = [(prompts[i % 3], GenerationSettings(max_new_tokens=3 + i % 4), i) for i in range(12)]
+    for item in items:
+        batch.add([item])
+        _step(batch, joined, done)
+    _drain(batch, joined, done)
+    _assert_alone(generator, items, done, joined)
+
+
+@packed_paths
+def test_a_row_moved_into_a_freed_slot_takes_the_zeros_before_its_keys(any_generator, monkeypatch):
+    """When a short row leaves, the batch's last row moves into its slot. If the mover is the
+    widest row, the masked part of its window lies before the batch's first used column, where
+    the freed slot holds what was there before the short row (NaN here: a new buffer is not
+    cleared): the move takes the mover's zeros with it, and every request gets its one-at-a-time
+    tokens and logits."""
+    from trainer import packed_attention
+
+    monkeypatch.setattr(packed_attention, "new_buffer", lambda key, shape: key.new_full(shape, float("nan")))
+    generator = any_generator
+    monkeypatch.setattr(generator, "_spare_cache", None)
+    words = iter("markets rally as the central bank holds rates and traders weigh the outlook for "
+                 "growth jobs prices and bonds in a week of earnings news from banks oil firms".split() * 4)
+    long_prompt = "Theme: markets"
+    while generator.count_tokens(long_prompt + "\nHeadline:") < 33:  # one past a bucket: 31 masked
+        long_prompt += " " + next(words)
+    items = [("Theme: tax\nHeadline:", GenerationSettings(max_new_tokens=1), "short"),
+             (PROMPTS[0], GenerationSettings(max_new_tokens=6), "middle"),
+             (long_prompt + "\nHeadline:", GenerationSettings(max_new_tokens=6), "long")]
+    batch, joined, done = generator.open_batch(), {}, {}
+    batch.add(items)
+    _step(batch, joined, done)
+    long_row = batch._rows[2]
+    while "short" not in done:
+        _step(batch, joined, done)
+    assert batch._rows[0] is long_row  # moved into the short row's slot
+    _drain(batch, joined, done)
+    _assert_alone(generator, items, done, joined)
 
 
 @pytest.mark.parametrize("spare,spare_rows", [(1, 4), (32, 0)])
