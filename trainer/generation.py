@@ -163,7 +163,7 @@ class Generator:
         self._lead_kv: dict[tuple[int, ...], tuple[list, list]] = {}
         # The cache buffer of the last packed batch that emptied, for the next batch to start in
         # (taken by one batch at a time): a service that answers one request at a time does not
-        # make, and zero, a buffer for each.
+        # make a buffer for each.
         self._spare_cache = None
 
     # -- loading --------------------------------------------------------------

@@ -18,7 +18,7 @@ attention is done per part:
   batch of theme prompts is one call per layer instead of one per row. With more
   threads the attention kernel's result for a row depends on which thread computes
   it, so each row gets a call of its own there, as alone. The masked columns, at most
-  BUCKET - 1 before a row's first key, are kept zero (``Packing.pad``), so they weigh
+  BUCKET - 1 before a row's first key, are kept zero (``pad``), so they weigh
   exactly 0 and nothing left in a slot by an earlier row can reach another. With
   products that compute each row on its own (fbgemm's int8 on CPU, and its float16
   where ``cpu_linear.float16_rows_independent``, as with AVX-512), a row's output is
@@ -87,8 +87,8 @@ class Packing:
     ``layers``: the model's, for a new buffer.
     After the call ``new_cache`` holds every row's keys and values, decoding rows first, in the same
     layout: the columns ``new_end - width`` to ``new_end`` of its first slots, each row
-    left-padded. When the call's rows and keys fit in ``cache`` it is ``cache``, written in place;
-    otherwise a new buffer with room.
+    left-padded. It is ``cache``, written in place (its rows moved back when its columns ran out),
+    unless the call's rows or keys outgrow it: then a new buffer with room (``_place``).
     """
 
     cache: torch.Tensor | None
@@ -190,8 +190,8 @@ class Packing:
         b, width, end = self.rows, self.width, self.new_end
         heads, kv_heads, d = query.shape[1], key.shape[1], query.shape[-1]
         group = heads // kv_heads
-        keys = self.new_cache[layer, 0, :, :, end - width:end]  # this call's columns
-        values = self.new_cache[layer, 1, :, :, end - width:end]
+        kc, vc = self.new_cache[layer, 0], self.new_cache[layer, 1]  # (slots, kv_heads, C, d)
+        keys, values = kc[:, :, end - width:end], vc[:, :, end - width:end]  # this call's columns
         outs = []
         if b:
             # Each row's new key joins its cache; the row's query heads that share a key head
@@ -200,7 +200,6 @@ class Packing:
             keys[:b, :, width - 1] = key[0, :, :b].transpose(0, 1)
             values[:b, :, width - 1] = value[0, :, :b].transpose(0, 1)
             q = query[0, :, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
-            kc, vc = self.new_cache[layer, 0], self.new_cache[layer, 1]
             parts = [sdpa(q[i:j], kc[i:j, :, end - B:end], vc[i:j, :, end - B:end], attn_mask=mask, scale=scale)
                      for (i, j, B), mask in zip(self.runs, self.run_masks)]  # each (j - i, kv_heads, group, d)
             out = torch.cat(parts) if len(parts) > 1 else parts[0]

@@ -301,6 +301,13 @@ def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_
         torch.testing.assert_close(batched[r], (weights @ v)[:, 0])
 
 
+def _nan_buffers(monkeypatch) -> None:
+    """New cache buffers made full of NaN, where packed_attention leaves them uncleared."""
+    from trainer import packed_attention
+
+    monkeypatch.setattr(packed_attention, "new_buffer", lambda key, shape: key.new_full(shape, float("nan")))
+
+
 @packed_paths
 def test_nothing_left_in_a_buffer_reaches_the_rows_that_take_it(any_generator, monkeypatch):
     """Slots are reused: a joining prompt takes one that an earlier row left, a moved row another,
@@ -310,7 +317,7 @@ def test_nothing_left_in_a_buffer_reaches_the_rows_that_take_it(any_generator, m
     from trainer import packed_attention
 
     monkeypatch.setattr(packed_attention, "SPARE", 2)  # columns run out: rows move back, buffers grow
-    monkeypatch.setattr(packed_attention, "new_buffer", lambda key, shape: key.new_full(shape, float("nan")))
+    _nan_buffers(monkeypatch)
     generator = any_generator
     spare = generator._spare_cache
     monkeypatch.setattr(generator, "_spare_cache", None if spare is None else torch.full_like(spare, float("nan")))
@@ -331,9 +338,7 @@ def test_a_row_moved_into_a_freed_slot_takes_the_zeros_before_its_keys(any_gener
     the freed slot holds what was there before the short row (NaN here: a new buffer is not
     cleared): the move takes the mover's zeros with it, and every request gets its one-at-a-time
     tokens and logits."""
-    from trainer import packed_attention
-
-    monkeypatch.setattr(packed_attention, "new_buffer", lambda key, shape: key.new_full(shape, float("nan")))
+    _nan_buffers(monkeypatch)
     generator = any_generator
     monkeypatch.setattr(generator, "_spare_cache", None)
     words = iter("markets rally as the central bank holds rates and traders weigh the outlook for "
@@ -396,7 +401,7 @@ def test_a_batch_out_of_columns_moves_its_rows_back_in_its_buffer(any_generator,
 @packed_paths
 def test_a_new_batch_starts_in_the_buffer_of_the_last_one_that_emptied(any_generator):
     """A service answering one request at a time opens a batch per request: each starts in the
-    buffer the last emptied batch left (no new, zeroed, buffer per request), one batch at a time
+    buffer the last emptied batch left (no new buffer per request), one batch at a time
     (a batch opened while another runs gets its own), and gets its one-at-a-time output."""
     generator = any_generator
     first = generator.open_batch()
