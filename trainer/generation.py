@@ -673,13 +673,11 @@ class PackedDecodeBatch(DecodeBatch):
         """Moves the rows that ``_slots`` moved, in place: a slot's real keys are its last columns up
         to ``_end`` (at most as many as the batch is wide); the columns dropped (``first``) are
         left as padding, masked out where a row's window covers them."""
-        from trainer.packed_attention import BUCKET
+        from trainer.packed_attention import move_rows
 
         start = self._end - self._t["attention"].shape[1] + first  # this batch's first used column
-        start = max(0, start - BUCKET + 1)  # with the zeros before each row's keys (Packing's pad)
-        for new, old in enumerate(idx.tolist()):
-            if new != old:  # every layer's keys and values at once
-                self._cache[:, :, new, :, start:self._end] = self._cache[:, :, old, :, start:self._end]
+        move_rows(self._cache, [(new, old) for new, old in enumerate(idx.tolist()) if new != old],
+                  start, self._end)
         return True
 
     def _forward(self, next_ids: torch.Tensor | None) -> None:

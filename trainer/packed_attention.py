@@ -67,6 +67,15 @@ def pad(cache, first: int, last: int, column: int) -> None:
     cache[:, :, first:last, :, max(0, column - BUCKET + 1):column] = 0
 
 
+def move_rows(cache, moves, first: int, end: int) -> None:
+    """Copy slots' keys and values, every layer, to other slots of the same buffer: ``moves`` are
+    (to, from) pairs; the columns copied are ``first`` (the batch's first key column) to ``end``,
+    with the BUCKET - 1 zeros before them (``pad``), so that a moved row's window is as it was."""
+    start = max(0, first - BUCKET + 1)
+    for new, old in moves:
+        cache[:, :, new, :, start:end] = cache[:, :, old, :, start:end]
+
+
 @dataclass
 class Packing:
     """One packed call.
