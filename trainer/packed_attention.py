@@ -61,17 +61,23 @@ def new_buffer(key, shape):
     return key.new_empty(shape)
 
 
+def _masked_from(column: int) -> int:
+    """The first of the BUCKET - 1 columns before ``column`` (a row's first key) that its window
+    can reach, masked out: the columns ``pad`` zeroes and ``move_rows`` moves with the keys."""
+    return max(0, column - BUCKET + 1)
+
+
 def pad(cache, first: int, last: int, column: int) -> None:
     """Zero the BUCKET - 1 columns before ``column`` (a row's first key) in slots ``first`` to
     ``last``, every layer: the masked part of the rows' windows, which must be finite to weigh 0."""
-    cache[:, :, first:last, :, max(0, column - BUCKET + 1):column] = 0
+    cache[:, :, first:last, :, _masked_from(column):column] = 0
 
 
 def move_rows(cache, moves, first: int, end: int) -> None:
     """Copy slots' keys and values, every layer, to other slots of the same buffer: ``moves`` are
     (to, from) pairs; the columns copied are ``first`` (the batch's first key column) to ``end``,
     with the BUCKET - 1 zeros before them (``pad``), so that a moved row's window is as it was."""
-    start = max(0, first - BUCKET + 1)
+    start = _masked_from(first)
     for new, old in moves:
         cache[:, :, new, :, start:end] = cache[:, :, old, :, start:end]
 
