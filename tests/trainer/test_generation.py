@@ -232,9 +232,10 @@ def test_a_prompt_of_no_tokens_is_refused_and_the_batch_goes_on(any_generator):
 
 
 def test_decoding_rows_in_one_bucket_share_an_attention_call():
-    """Packing.runs: neighbouring decoding rows whose real keys (the last columns of their mask)
-    round up to the same window (packed_attention.bucket) form one run, attended in one call;
-    any other row starts a new run."""
+    """Packing.runs: on one thread (the service's), neighbouring decoding rows whose real keys
+    (the last columns of their mask) round up to the same window (packed_attention.bucket) form
+    one run, attended in one call; any other row starts a new run. On more threads every row is
+    a run of its own."""
     from trainer.packed_attention import BUCKET, Packing, bucket
 
     assert BUCKET == 32 and [bucket(n) for n in (1, 32, 33, 64, 65)] == [32, 32, 64, 64, 96]
@@ -242,9 +243,17 @@ def test_decoding_rows_in_one_bucket_share_an_attention_call():
     mask = torch.zeros((len(lengths), 65), dtype=torch.bool)
     for row, n in enumerate(lengths):
         mask[row, 65 - n:] = True
-    packing = Packing(None, mask, len(lengths), [], 65, layers=1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        packing = Packing(None, mask, len(lengths), [], 65, layers=1)
+        torch.set_num_threads(2)
+        apart = Packing(None, mask, len(lengths), [], 65, layers=1)
+    finally:
+        torch.set_num_threads(before)
     assert packing.keys == lengths
     assert packing.runs == [[0, 1, 32], [1, 3, 64], [3, 4, 32], [4, 5, 64], [5, 6, 96], [6, 7, 32]]
+    assert apart.runs == [[r, r + 1, bucket(n)] for r, n in enumerate(lengths)]
     assert Packing(None, None, 0, [(0, 2, 1, None)], 2, layers=1).runs == []  # a prompt alone: no decoding rows
 
 
