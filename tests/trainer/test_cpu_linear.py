@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,3 +177,93 @@ def test_float16_row_independence_probe_agrees_with_the_models_shapes():
     assert same == cpu_linear.float16_rows_independent()
     for y in calls:
         assert torch.allclose(y, alone[:len(y)], rtol=0, atol=1e-5)
+
+
+# -- trainer._f16: the AVX2 float16 kernel ------------------------------------------------------
+
+def _f16():
+    """The built kernel: on x86-64 it must have been built (setup.py) and run on this CPU."""
+    module = cpu_linear._f16_module()
+    if module is None:
+        if platform.machine() in ("x86_64", "AMD64"):
+            from trainer import _f16  # a missing build fails here, not as a skip
+
+            assert not _f16.supported(), "trainer._f16 is built and supported but not used"
+        pytest.skip("no AVX2 / FMA / F16C on this CPU")
+    return module
+
+
+@pytest.mark.parametrize("shape", [(960, 576), (40, 7), (16, 1), (3, 33)])  # 40, 3: a partial last panel
+@pytest.mark.parametrize("bias", [False, True])
+def test_own_float16_kernel_is_the_product_of_the_rounded_weights(shape, bias):
+    """Every row count of a decoding step or a prefill (0 to 30 rows, 12 at a time and in two
+    tiles past 6) gives x @ float16(weight).T + bias, summed in float32: within float32's rounding
+    of the float64 product, nothing written past the last feature."""
+    _f16()
+    n, k = shape
+    gen = torch.Generator().manual_seed(n + k)
+    weight, b = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen) if bias else None
+    panels = cpu_linear._Panels(weight, b)
+    rounded = weight.half().double()
+    for rows in list(range(0, 15)) + [23, 24, 25, 30]:
+        x = torch.randn(rows, k, generator=gen)
+        expected = x.double() @ rounded.T + (b.double() if bias else 0)
+        got = panels(x)
+        assert got.shape == (rows, n) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * k ** 0.5)
+
+
+def test_own_float16_kernel_gives_a_row_the_same_bits_in_any_call():
+    """A row's result does not depend on how many rows share its call or where it sits."""
+    _f16()
+    gen = torch.Generator().manual_seed(3)
+    panels = cpu_linear._Panels(torch.randn(200, 576, generator=gen) * 0.05, torch.randn(200, generator=gen))
+    x = torch.randn(30, 576, generator=gen)
+    alone = torch.cat([panels(x[i:i + 1]) for i in range(len(x))])
+    for m in range(2, len(x) + 1):
+        assert torch.equal(panels(x[:m]), alone[:m]), m
+        assert torch.equal(panels(x[len(x) - m:]), alone[len(x) - m:]), m
+    assert cpu_linear._rows_independent(True)
+
+
+def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm():
+    """3-D and non-contiguous float inputs are read as their values; weights beyond float16's range
+    saturate at +-65504 (as fbgemm's packing does), not infinity."""
+    _f16()
+    weight = torch.tensor([[1e6, 0.0, 0.5], [-1e6, 1.0, 0.25]])
+    panels = cpu_linear._Panels(weight)
+    x = torch.tensor([[1.0, 2.0, 4.0]])
+    assert panels(x).tolist() == [[65504.0 + 2.0, -65504.0 + 2.0 + 1.0]]
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(24, 10, generator=gen)
+    panels = cpu_linear._Panels(weight)
+    x = torch.randn(2, 10, 3, generator=gen).transpose(1, 2)  # (2, 3, 10), not contiguous
+    expected = F.linear(x.double(), weight.half().double())
+    torch.testing.assert_close(panels(x).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(panels(x.double()).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_float16_layers_use_the_own_kernel_only_on_one_thread_without_avx512():
+    """The service packs on one thread: there (AVX2, no AVX-512) its layers are served by _f16;
+    on more threads fbgemm's threaded kernels serve them. Outputs agree within float16 rounding."""
+    module = _f16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert cpu_linear.own_float16_kernel() == (not module.avx512())
+        one = _attention_like()
+        assert cpu_linear.install_float16(one)
+        torch.set_num_threads(2)
+        assert not cpu_linear.own_float16_kernel()
+        two = _attention_like()
+        two.load_state_dict(one.state_dict())
+        assert cpu_linear.install_float16(two)
+    finally:
+        torch.set_num_threads(before)
+    own = isinstance(one.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
+    assert own == (not module.avx512())
+    assert not isinstance(two.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
+    x = torch.randn(7, 32)
+    with torch.inference_mode():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            torch.testing.assert_close(getattr(one, name)(x), getattr(two, name)(x), rtol=1e-5, atol=1e-5)

@@ -40,8 +40,15 @@ def any_generator(request, tiny_model_dir, tiny_llama_dir):
     arch, path, *weights = request.param.split("-")
     weights = weights[0] if weights else "float32"
     model, tokenizer = load_model_and_tokenizer(str(tiny_llama_dir if arch == "llama" else tiny_model_dir))
-    gen = Generator(model, tokenizer, load_config(), name=f"tiny-{arch}", version="v1",
-                    packed=path == "packed", weights=weights)
+    # Loaded on one thread, as the service loads (service.torch_threads: 1): its float16 layers
+    # get the kernel the service's get on this CPU (trainer._f16 where AVX2 has no AVX-512).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = Generator(model, tokenizer, load_config(), name=f"tiny-{arch}", version="v1",
+                        packed=path == "packed", weights=weights)
+    finally:
+        torch.set_num_threads(before)
     assert gen._packed == (path == "packed") and gen.weights == weights
     return gen
 
@@ -159,7 +166,7 @@ def _assert_alone(generator, items, done, joined) -> None:
         assert done[tag].completion_tokens == result.completion_tokens, tag
         assert done[tag].prompt_tokens == result.prompt_tokens, tag
         for key, logits in alone_log.items():
-            if generator._packed and rows_exact(generator.weights):
+            if generator._packed and rows_exact(generator):
                 # Each row attends over a window of its own (its keys, masked padding before
                 # them), and fbgemm's int8 (and, on CPUs whose kernels allow it, float16) products
                 # compute each row on its own: the same bits alone and batched.
@@ -169,11 +176,12 @@ def _assert_alone(generator, items, done, joined) -> None:
                 assert torch.allclose(joined[key], logits, atol=1e-4), key
 
 
-def rows_exact(weights: str) -> bool:
-    """Whether these products give a row the same bits alone and in any batch on this CPU."""
+def rows_exact(generator) -> bool:
+    """Whether the generator's products give a row the same bits alone and in any batch on this CPU."""
     from trainer import cpu_linear
 
-    return weights == "int8" or (weights == "float16" and cpu_linear.float16_rows_independent())
+    return generator.weights == "int8" or (
+        generator.weights == "float16" and cpu_linear.float16_rows_independent(generator.model._float16_own))
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.5])
@@ -826,7 +834,7 @@ def test_float16_packed_from_the_files_while_the_model_loads(tmp_path, tiny_llam
         layer.weight.mul_(2)
     packed_again = []
     real = cpu_linear._pack_float16
-    monkeypatch.setattr(cpu_linear, "_pack_float16", lambda *a: packed_again.append(a) or real(*a))
+    monkeypatch.setattr(cpu_linear, "_pack_float16", lambda *a, **k: packed_again.append(a) or real(*a, **k))
     assert cpu_linear.install_float16(model, prepacked)
     assert len(packed_again) == 1  # every other layer (the tied LM head included) came from the files
     x = torch.randn(3, layer.in_features)

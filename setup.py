@@ -1,0 +1,9 @@
+"""Packaging metadata lives in setup.cfg; this file only adds the optional C extension.
+
+``trainer._f16`` is the float16 product for AVX2 CPUs (``trainer/_f16.c``). It is optional:
+where it cannot be built (no C compiler), the float16 layers use fbgemm's kernels instead.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("trainer._f16", ["trainer/_f16.c"], extra_compile_args=["-O3"], optional=True)])
