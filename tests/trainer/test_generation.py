@@ -168,10 +168,11 @@ def _assert_alone(generator, items, done, joined) -> None:
         for key, logits in alone_log.items():
             if generator._packed and rows_exact(generator):
                 # Each row attends over a window of its own (its keys, masked padding before
-                # them), and fbgemm's int8 (and, on CPUs whose kernels allow it, float16) products
-                # compute each row on its own: the same bits alone and batched.
+                # them), and int8 products (and float16 ones, where the kernel allows it:
+                # trainer._f16, fbgemm's with AVX-512) compute each row on its own: the same
+                # bits alone and batched.
                 assert torch.equal(joined[key], logits), key
-            else:  # float32 products (MKL), AVX2's float16 kernels and the general path's
+            else:  # float32 products (MKL), fbgemm's AVX2 float16 kernels and the general path's
                 # attention over the batch's padding round differently with the batch's shape
                 assert torch.allclose(joined[key], logits, atol=1e-4), key
 
