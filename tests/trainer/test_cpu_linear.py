@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.threads import torch_threads
 from trainer import cpu_linear
 
 
@@ -247,19 +248,15 @@ def test_float16_layers_use_the_own_kernel_only_on_one_thread_without_avx512():
     """The service packs on one thread: there (AVX2, no AVX-512) its layers are served by _f16;
     on more threads fbgemm's threaded kernels serve them. Outputs agree within float16 rounding."""
     module = _f16()
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         assert cpu_linear.own_float16_kernel() == (not module.avx512())
         one = _attention_like()
         assert cpu_linear.install_float16(one)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert not cpu_linear.own_float16_kernel()
         two = _attention_like()
         two.load_state_dict(one.state_dict())
         assert cpu_linear.install_float16(two)
-    finally:
-        torch.set_num_threads(before)
     own = isinstance(one.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
     assert own == (not module.avx512())
     assert not isinstance(two.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)

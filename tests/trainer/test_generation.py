@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from config import ConfigError, load_config
+from tests.threads import torch_threads
 from trainer.errors import TrainerError
 from trainer.generation import GenerationSettings, Generator, postprocess
 from trainer.modeling import load_model_and_tokenizer
@@ -42,13 +43,9 @@ def any_generator(request, tiny_model_dir, tiny_llama_dir):
     model, tokenizer = load_model_and_tokenizer(str(tiny_llama_dir if arch == "llama" else tiny_model_dir))
     # Loaded on one thread, as the service loads (service.torch_threads: 1): its float16 layers
     # get the kernel the service's get on this CPU (trainer._f16 where AVX2 has no AVX-512).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         gen = Generator(model, tokenizer, load_config(), name=f"tiny-{arch}", version="v1",
                         packed=path == "packed", weights=weights)
-    finally:
-        torch.set_num_threads(before)
     assert gen._packed == (path == "packed") and gen.weights == weights
     return gen
 
@@ -252,14 +249,10 @@ def test_decoding_rows_in_one_bucket_share_an_attention_call():
     mask = torch.zeros((len(lengths), 65), dtype=torch.bool)
     for row, n in enumerate(lengths):
         mask[row, 65 - n:] = True
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         packing = Packing(None, mask, len(lengths), [], 65, layers=1)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         apart = Packing(None, mask, len(lengths), [], 65, layers=1)
-    finally:
-        torch.set_num_threads(before)
     assert packing.keys == lengths
     assert packing.runs == [[0, 1, 32], [1, 3, 64], [3, 4, 32], [4, 5, 64], [5, 6, 96], [6, 7, 32]]
     assert apart.runs == [[r, r + 1, bucket(n)] for r, n in enumerate(lengths)]
@@ -302,15 +295,11 @@ def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_
         assert packing.new_cache is buffer
         return out[0, first_slot:]  # (rows, heads, d)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         batched = attend(list(range(len(lengths))), 70)
         assert torch.equal(batched, attend(list(range(len(lengths))), 70, padding_seed=1))
         for r in range(len(lengths)):
             assert torch.equal(batched[r], attend([r], 64 + r, first_slot=r % 3, padding_seed=r)[0]), r
-    finally:
-        torch.set_num_threads(before)
     # What it is: each row's softmax attention over its own keys and this step's.
     for r, n in enumerate(lengths):
         k = torch.cat([cache[0, 0, r, :, 70 - n:70], key[0, :, r, None]], dim=1).repeat_interleave(3, 0)
