@@ -15,17 +15,22 @@ different 1536 x 576 matrices, microseconds per matrix):
     float32     410   800   870   1020  1070
     float16     175   210   330   385   470
 
-On AVX2 fbgemm's float16 kernel takes at most 6 rows a pass over the weights, and
-its passes differ in how they round. Where the service runs (one torch thread, a
-CPU with AVX2 but no AVX-512), ``trainer._f16`` (``trainer/_f16.c``, built by
-setup.py) serves the float16 layers instead: one pass per 12 rows, every value
-summed in one order, so a row has the same bits alone and batched. On the model's
-own layer shapes (a Zen 3, one thread, milliseconds for the 120 products of one
+Where the service runs (one torch thread), ``trainer._f16`` (``trainer/_f16.c``,
+built by setup.py) serves the float16 layers instead of fbgemm: it prefetches the
+weights ahead of its multiply-adds, so that reading them from memory and
+multiplying them overlap, and sums every value in one order, so a row has the
+same bits alone and batched. On AVX2 fbgemm's float16 kernel also takes at most 6
+rows a pass over the weights, and its passes differ in how they round. On the
+model's own layer shapes (one thread, milliseconds for the 120 products of one
 step of the 30-layer model, LM head aside):
 
-    rows        1     4     10    14
-    fbgemm      20.8  26.1  40.4  47.2
-    _f16        16.3  23.0  33.6  48.5
+    rows                1     4     8     10    12    16    200
+    Zen 4, fbgemm       10.9  15.0  23.7  27.6  32.6  41.1  426
+    Zen 4, _f16         10.3  12.6  19.0  22.5  26.7  36.1  431
+    Zen 4, _f16 (AVX2)  10.2  13.6  22.6  26.1  28.4  37.1  403
+    Zen 3, fbgemm       20.8  26.1        40.4
+    Zen 3, _f16 (AVX2, before the prefetch)
+                        16.3  23.0        33.6
 
 Outputs differ from float32 by about 2e-4 relative per product (weights
 rounded to float16); the serving precision is ``service.weights``.
@@ -182,24 +187,25 @@ def install(model, *, force: bool | None = None) -> bool:
     return True
 
 
-PANEL = 16  # output features a panel of ``_Panels``
-
-
 class _Panels:
-    """A weight (and bias) packed for ``trainer._f16``: float16 panels of 16 output features, each
-    stored k-major, zero past the last feature. Values beyond float16's range saturate, as in
+    """A weight (and bias) packed for ``trainer._f16``: float16 panels of output features, each
+    stored k-major, zero past the last feature; 32 features a panel for the kernel's AVX-512 loop
+    where the CPU has it, else 16 for its AVX2 loop. Values beyond float16's range saturate, as in
     fbgemm's packing."""
 
-    __slots__ = ("data", "bias", "out_features", "in_features")
+    __slots__ = ("data", "bias", "out_features", "in_features", "wide")
 
-    def __init__(self, weight, bias=None):
+    def __init__(self, weight, bias=None, wide: bool | None = None):
+        """``wide``: panels for the AVX-512 loop (default: where the CPU has it)."""
         import torch
 
         n, k = weight.shape
-        panels = -(-n // PANEL)
-        data = torch.zeros(panels * PANEL, k, dtype=torch.float16)
+        self.wide = _f16_module().avx512() if wide is None else wide
+        width = 32 if self.wide else 16
+        panels = -(-n // width)
+        data = torch.zeros(panels * width, k, dtype=torch.float16)
         data[:n] = weight.detach().clamp(-65504.0, 65504.0)
-        self.data = data.view(panels, PANEL, k).transpose(1, 2).contiguous()
+        self.data = data.view(panels, width, k).transpose(1, 2).contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_features, self.in_features = n, k
 
@@ -211,7 +217,7 @@ class _Panels:
         if flat.shape[0]:
             _f16_module().product(flat.data_ptr(), flat.shape[0], self.in_features, self.data.data_ptr(),
                                   0 if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
-                                  self.out_features)
+                                  self.out_features, self.wide)
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -228,15 +234,13 @@ def _f16_module():
 def own_float16_kernel() -> bool:
     """Whether float16 layers packed now use ``trainer._f16`` rather than fbgemm's kernels.
 
-    Where torch runs on one thread (the service's ``torch_threads: 1``) on a CPU with AVX2 but no
-    AVX-512: there fbgemm's float16 kernel takes at most 6 rows a pass, so a step of 7-12 rows
-    (a prompt joining a batch) reads and converts every weight twice, and its 1-row step reads
-    them slower than this kernel (see ``trainer/_f16.c``). With AVX-512 fbgemm's kernels take 14
-    rows a pass; with more threads they split the work, which ``_f16`` does not."""
+    Where it is built and torch runs on one thread (the service's ``torch_threads: 1``). Its loops
+    prefetch the weights ahead of the multiply-adds, so the rows of a step add little to the
+    time of reading the weights; fbgemm's kernels wait on those reads (on AVX2 they also take at
+    most 6 rows a pass). With more threads fbgemm splits the work, which ``_f16`` does not."""
     import torch
 
-    module = _f16_module()
-    return module is not None and not module.avx512() and torch.get_num_threads() == 1
+    return _f16_module() is not None and torch.get_num_threads() == 1
 
 
 def _float16_product(x, packed):

@@ -180,7 +180,7 @@ def test_float16_row_independence_probe_agrees_with_the_models_shapes():
         assert torch.allclose(y, alone[:len(y)], rtol=0, atol=1e-5)
 
 
-# -- trainer._f16: the AVX2 float16 kernel ------------------------------------------------------
+# -- trainer._f16: the float16 kernel (an AVX2 and an AVX-512 loop) ------------------------------
 
 def _f16():
     """The built kernel: on x86-64 it must have been built (setup.py) and run on this CPU."""
@@ -244,12 +244,12 @@ def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm():
     torch.testing.assert_close(panels(x.double()).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_float16_layers_use_the_own_kernel_only_on_one_thread_without_avx512():
-    """The service packs on one thread: there (AVX2, no AVX-512) its layers are served by _f16;
-    on more threads fbgemm's threaded kernels serve them. Outputs agree within float16 rounding."""
-    module = _f16()
+def test_float16_layers_use_the_own_kernel_only_on_one_thread():
+    """The service packs on one thread: there its layers are served by _f16; on more threads
+    fbgemm's threaded kernels serve them. Outputs agree within float16 rounding."""
+    _f16()
     with torch_threads(1):
-        assert cpu_linear.own_float16_kernel() == (not module.avx512())
+        assert cpu_linear.own_float16_kernel()
         one = _attention_like()
         assert cpu_linear.install_float16(one)
     with torch_threads(2):
@@ -257,10 +257,27 @@ def test_float16_layers_use_the_own_kernel_only_on_one_thread_without_avx512():
         two = _attention_like()
         two.load_state_dict(one.state_dict())
         assert cpu_linear.install_float16(two)
-    own = isinstance(one.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
-    assert own == (not module.avx512())
+    assert isinstance(one.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
     assert not isinstance(two.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
     x = torch.randn(7, 32)
     with torch.inference_mode():
         for name in ("q_proj", "k_proj", "v_proj"):
             torch.testing.assert_close(getattr(one, name)(x), getattr(two, name)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_own_float16_kernels_avx2_and_avx512_loops_give_the_same_bits():
+    """Where the CPU has AVX-512 the wide loop serves (panels of 32 features); the AVX2 loop (16)
+    sums every value in the same order, so the two agree bit for bit, partial panels included."""
+    module = _f16()
+    if not module.avx512():
+        pytest.skip("no AVX-512 on this CPU: only the AVX2 loop can run")
+    gen = torch.Generator().manual_seed(5)
+    for n, k in [(960, 576), (40, 7), (16, 1), (3, 33), (48, 20), (80, 64)]:
+        weight, bias = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen)
+        wide = cpu_linear._Panels(weight, bias)
+        assert wide.wide and wide.data.shape == (-(-n // 32), k, 32)
+        narrow = cpu_linear._Panels(weight, bias, wide=False)
+        assert narrow.data.shape == (-(-n // 16), k, 16)
+        for rows in (1, 2, 4, 6, 7, 11, 12, 13, 25, 40):
+            x = torch.randn(rows, k, generator=gen)
+            assert torch.equal(wide(x), narrow(x)), (n, k, rows)
