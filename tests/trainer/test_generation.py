@@ -42,7 +42,7 @@ def any_generator(request, tiny_model_dir, tiny_llama_dir):
     weights = weights[0] if weights else "float32"
     model, tokenizer = load_model_and_tokenizer(str(tiny_llama_dir if arch == "llama" else tiny_model_dir))
     # Loaded on one thread, as the service loads (service.torch_threads: 1): its float16 layers
-    # get the kernel the service's get on this CPU (trainer._f16 where AVX2 has no AVX-512).
+    # get the kernel the service's get (trainer._f16 where it is built).
     with torch_threads(1):
         gen = Generator(model, tokenizer, load_config(), name=f"tiny-{arch}", version="v1",
                         packed=path == "packed", weights=weights)
