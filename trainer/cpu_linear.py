@@ -6,10 +6,10 @@ int8 activations (``install_int8``), and a blocked float32 product (``install``,
 used when the weights stay float32). Float16 and int8 serve sibling layers that
 read one input (q/k/v, gate/up: ``SHARED_INPUT``) with one stacked product.
 
-Float16 weights: the step reads half the bytes, and fbgemm's fp16 kernels
+Float16 weights: the step reads half the bytes, and float16 kernels
 (activations stay float32, each row is computed on its own) keep 1-8 rows close
-to the cost of one. On this project's 2-core AMD EPYC (AVX2, one thread, 80
-different 1536 x 576 matrices, microseconds per matrix):
+to the cost of one. fbgemm's, on this project's 2-core AMD EPYC (AVX2, one
+thread, 80 different 1536 x 576 matrices, microseconds per matrix):
 
     rows        1     4     8     12    16
     float32     410   800   870   1020  1070
@@ -292,9 +292,9 @@ def _rows_independent(own: bool) -> bool:
 def prepack_float16(folder) -> dict | None:
     """Start packing the 2-D weights of a model folder's safetensors files before the model exists.
 
-    fbgemm converts element by element (about 2 s for a 135M model on one core). The op
-    releases the GIL, so packing from the files on every core while the loading thread imports
-    transformers (seconds, one core) takes it off a worker's cold start. Sibling weights that
+    fbgemm converts element by element (about 2 s for a 135M model on one core); ``_Panels``
+    take about 0.2 s. Both release the GIL, so packing from the files on every core while the
+    loading thread imports transformers (seconds, one core) takes it off a worker's cold start. Sibling weights that
     ``install_float16`` serves stacked (``SHARED_INPUT``, found by name in one file) are packed
     stacked. Returns ``{tensor name, or tuple of the siblings' names: Future of (packed, weight)}``
     for ``install_float16``, or None.

@@ -194,17 +194,25 @@ def _f16():
     return module
 
 
+@pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
+def loop(request):
+    """Each of the kernel's loops: ``wide`` for ``_Panels`` (the AVX-512 loop where the CPU has it)."""
+    module = _f16()
+    if request.param and not module.avx512():
+        pytest.skip("no AVX-512 on this CPU: only the AVX2 loop can run")
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(960, 576), (40, 7), (16, 1), (3, 33)])  # 40, 3: a partial last panel
 @pytest.mark.parametrize("bias", [False, True])
-def test_own_float16_kernel_is_the_product_of_the_rounded_weights(shape, bias):
-    """Every row count of a decoding step or a prefill (0 to 30 rows, 12 at a time and in two
-    tiles past 6) gives x @ float16(weight).T + bias, summed in float32: within float32's rounding
-    of the float64 product, nothing written past the last feature."""
-    _f16()
+def test_own_float16_kernel_is_the_product_of_the_rounded_weights(shape, bias, loop):
+    """Every row count of a decoding step or a prefill (0 to 30 rows: in tiles of up to 12 rows,
+    split in two past 6 in the AVX2 loop) gives x @ float16(weight).T + bias, summed in float32:
+    within float32's rounding of the float64 product."""
     n, k = shape
     gen = torch.Generator().manual_seed(n + k)
     weight, b = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen) if bias else None
-    panels = cpu_linear._Panels(weight, b)
+    panels = cpu_linear._Panels(weight, b, wide=loop)
     rounded = weight.half().double()
     for rows in list(range(0, 15)) + [23, 24, 25, 30]:
         x = torch.randn(rows, k, generator=gen)
@@ -214,11 +222,45 @@ def test_own_float16_kernel_is_the_product_of_the_rounded_weights(shape, bias):
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * k ** 0.5)
 
 
-def test_own_float16_kernel_gives_a_row_the_same_bits_in_any_call():
+def test_own_float16_kernel_writes_nothing_past_its_output(loop):
+    """The product writes exactly rows x n floats, partial last panels included: the memory after
+    the output (and the output's own padding columns) keeps its marker."""
+    module = _f16()
+    gen = torch.Generator().manual_seed(6)
+    for n in (1, 15, 16, 17, 31, 33, 50):
+        for bias in (False, True):
+            weight, b = torch.randn(n, 9, generator=gen), torch.randn(n, generator=gen) if bias else None
+            panels = cpu_linear._Panels(weight, b, wide=loop)
+            for rows in (1, 5, 7, 12, 13, 25):
+                x = torch.randn(rows, 9, generator=gen)
+                out = torch.full((rows * n + 64,), float("nan"))
+                module.product(x.data_ptr(), rows, 9, panels.data.data_ptr(), 0 if b is None else b.data_ptr(),
+                               out.data_ptr(), n, loop)
+                assert out[rows * n:].isnan().all(), (n, rows)
+                torch.testing.assert_close(out[:rows * n].view(rows, n), panels(x))
+
+
+def test_own_float16_kernel_refuses_what_this_cpu_cannot_run():
+    """Wide panels on a CPU without AVX-512 raise instead of running an illegal instruction; so do
+    bad sizes and null addresses."""
+    module = _f16()
+    x, y = torch.ones(1, 4), torch.empty(1, 16)
+    panels = cpu_linear._Panels(torch.ones(16, 4), wide=False)
+    with pytest.raises(ValueError, match="negative size"):
+        module.product(x.data_ptr(), -1, 4, panels.data.data_ptr(), 0, y.data_ptr(), 16, False)
+    with pytest.raises(ValueError, match="null address"):
+        module.product(0, 1, 4, panels.data.data_ptr(), 0, y.data_ptr(), 16, False)
+    if module.avx512():
+        return  # both loops run here (see test_own_float16_kernels_avx2_and_avx512_loops_give_the_same_bits)
+    with pytest.raises(RuntimeError, match="AVX-512"):
+        module.product(x.data_ptr(), 1, 4, panels.data.data_ptr(), 0, y.data_ptr(), 16, True)
+
+
+def test_own_float16_kernel_gives_a_row_the_same_bits_in_any_call(loop):
     """A row's result does not depend on how many rows share its call or where it sits."""
-    _f16()
     gen = torch.Generator().manual_seed(3)
-    panels = cpu_linear._Panels(torch.randn(200, 576, generator=gen) * 0.05, torch.randn(200, generator=gen))
+    panels = cpu_linear._Panels(torch.randn(200, 576, generator=gen) * 0.05, torch.randn(200, generator=gen),
+                                wide=loop)
     x = torch.randn(30, 576, generator=gen)
     alone = torch.cat([panels(x[i:i + 1]) for i in range(len(x))])
     for m in range(2, len(x) + 1):
@@ -227,17 +269,16 @@ def test_own_float16_kernel_gives_a_row_the_same_bits_in_any_call():
     assert cpu_linear._rows_independent(True)
 
 
-def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm():
+def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm(loop):
     """3-D and non-contiguous float inputs are read as their values; weights beyond float16's range
     saturate at +-65504 (as fbgemm's packing does), not infinity."""
-    _f16()
     weight = torch.tensor([[1e6, 0.0, 0.5], [-1e6, 1.0, 0.25]])
-    panels = cpu_linear._Panels(weight)
+    panels = cpu_linear._Panels(weight, wide=loop)
     x = torch.tensor([[1.0, 2.0, 4.0]])
     assert panels(x).tolist() == [[65504.0 + 2.0, -65504.0 + 2.0 + 1.0]]
     gen = torch.Generator().manual_seed(4)
     weight = torch.randn(24, 10, generator=gen)
-    panels = cpu_linear._Panels(weight)
+    panels = cpu_linear._Panels(weight, wide=loop)
     x = torch.randn(2, 10, 3, generator=gen).transpose(1, 2)  # (2, 3, 10), not contiguous
     expected = F.linear(x.double(), weight.half().double())
     torch.testing.assert_close(panels(x).double(), expected, rtol=1e-5, atol=1e-5)
@@ -245,9 +286,10 @@ def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm():
 
 
 def test_float16_layers_use_the_own_kernel_only_on_one_thread():
-    """The service packs on one thread: there its layers are served by _f16; on more threads
-    fbgemm's threaded kernels serve them. Outputs agree within float16 rounding."""
-    _f16()
+    """The service packs on one thread: there its layers are served by _f16, with the AVX-512 loop
+    where the CPU has it; on more threads fbgemm's threaded kernels serve them. Outputs agree
+    within float16 rounding."""
+    module = _f16()
     with torch_threads(1):
         assert cpu_linear.own_float16_kernel()
         one = _attention_like()
@@ -257,7 +299,8 @@ def test_float16_layers_use_the_own_kernel_only_on_one_thread():
         two = _attention_like()
         two.load_state_dict(one.state_dict())
         assert cpu_linear.install_float16(two)
-    assert isinstance(one.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
+    packed = one.q_proj._stacked.product.keywords["packed"]
+    assert isinstance(packed, cpu_linear._Panels) and packed.wide == module.avx512()
     assert not isinstance(two.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
     x = torch.randn(7, 32)
     with torch.inference_mode():
