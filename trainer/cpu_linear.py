@@ -294,10 +294,10 @@ def prepack_float16(folder) -> dict | None:
 
     fbgemm converts element by element (about 2 s for a 135M model on one core); ``_Panels``
     take about 0.2 s. Both release the GIL, so packing from the files on every core while the
-    loading thread imports transformers (seconds, one core) takes it off a worker's cold start. Sibling weights that
-    ``install_float16`` serves stacked (``SHARED_INPUT``, found by name in one file) are packed
-    stacked. Returns ``{tensor name, or tuple of the siblings' names: Future of (packed, weight)}``
-    for ``install_float16``, or None.
+    loading thread imports transformers (seconds, one core) takes it off a worker's cold start.
+    Sibling weights that ``install_float16`` serves stacked (``SHARED_INPUT``, found by name in
+    one file) are packed stacked. Returns ``{tensor name, or tuple of the siblings' names: Future
+    of (packed, weight)}`` for ``install_float16``, or None.
     """
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path

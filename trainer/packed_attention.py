@@ -22,9 +22,9 @@ attention is done per part:
   exactly 0 and nothing left in a slot by an earlier row can reach another. With
   products that compute each row on its own (fbgemm's int8 on CPU, and float16 where
   ``cpu_linear.float16_rows_independent``: the project's kernel ``trainer._f16``,
-  fbgemm's with AVX-512), a row's output is then bit-identical alone and batched; float32 products
-  (MKL), fbgemm's float16 on AVX2 and GPU kernels may still round differently with the
-  batch's shape;
+  fbgemm's with AVX-512), a row's output is then bit-identical alone and batched;
+  float32 products (MKL), fbgemm's float16 on AVX2 and GPU kernels may still round
+  differently with the batch's shape;
 - each new prompt: causal attention over its own tokens, as in its own prefill.
 
 This module holds the attention function (registered with transformers as
