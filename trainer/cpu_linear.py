@@ -17,7 +17,7 @@ thread, 80 different 1536 x 576 matrices, microseconds per matrix):
 
 Where the service runs (one torch thread), ``trainer._f16`` (``trainer/_f16.c``,
 built by setup.py) serves the float16 layers instead of fbgemm: it prefetches the
-weights ahead of its multiply-adds, so that reading them from memory and
+weights (into L2) ahead of its multiply-adds, so that reading them from memory and
 multiplying them overlap, and sums every value in one order, so a row has the
 same bits alone and batched. On AVX2 fbgemm's float16 kernel also takes at most 6
 rows a pass over the weights, and its passes differ in how they round. On the
@@ -26,8 +26,13 @@ step of the 30-layer model, LM head aside):
 
     rows                1     4     8     10    12    16    200
     Zen 4, fbgemm       10.9  15.0  23.7  27.6  32.6  41.1  426
-    Zen 4, _f16         10.3  12.6  19.0  22.5  26.7  36.1  431
-    Zen 4, _f16 (AVX2)  10.2  13.6  22.6  26.1  28.4  37.1  403
+    Zen 4, _f16, earlier AVX-512 loop (panels of 32, prefetching into L1)
+                        10.3  12.6  19.0  22.5  26.7  36.1  431
+    Zen 4, _f16, AVX2 loop prefetching into L1
+                        10.2  13.6  22.6  26.1  28.4  37.1  403
+    Zen 4, _f16 now, and the earlier AVX-512 loop in the same runs
+                         9.3  10.4        20.6
+                        10.3  13.0        22.9
     Zen 3, fbgemm       20.8  26.1        40.4
     Zen 3, _f16 (AVX2, before the prefetch)
                         16.3  23.0        33.6
@@ -188,24 +193,23 @@ def install(model, *, force: bool | None = None) -> bool:
 
 
 class _Panels:
-    """A weight (and bias) packed for ``trainer._f16``: float16 panels of output features, each
-    stored k-major, zero past the last feature; 32 features a panel for the kernel's AVX-512 loop
-    where the CPU has it, else 16 for its AVX2 loop. Values beyond float16's range saturate, as in
-    fbgemm's packing."""
+    """A weight (and bias) packed for ``trainer._f16``: float16 panels of 16 output features, each
+    stored k-major, zero past the last feature, read by both of the kernel's loops. Values beyond
+    float16's range saturate, as in fbgemm's packing."""
 
-    __slots__ = ("data", "bias", "out_features", "in_features", "wide")
+    __slots__ = ("data", "bias", "out_features", "in_features", "avx512")
 
-    def __init__(self, weight, bias=None, wide: bool | None = None):
-        """``wide``: panels for the AVX-512 loop (default: where the CPU has it)."""
+    def __init__(self, weight, bias=None, avx512: bool | None = None):
+        """``avx512``: run the kernel's AVX-512 loop (default: where the CPU has it), else its AVX2
+        loop; both give the same bits."""
         import torch
 
         n, k = weight.shape
-        self.wide = _f16_module().avx512() if wide is None else wide
-        width = 32 if self.wide else 16
-        panels = -(-n // width)
-        data = torch.zeros(panels * width, k, dtype=torch.float16)
+        self.avx512 = _f16_module().avx512() if avx512 is None else avx512
+        panels = -(-n // 16)
+        data = torch.zeros(panels * 16, k, dtype=torch.float16)
         data[:n] = weight.detach().clamp(-65504.0, 65504.0)
-        self.data = data.view(panels, width, k).transpose(1, 2).contiguous()
+        self.data = data.view(panels, 16, k).transpose(1, 2).contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_features, self.in_features = n, k
 
@@ -217,7 +221,7 @@ class _Panels:
         if flat.shape[0]:
             _f16_module().product(flat.data_ptr(), flat.shape[0], self.in_features, self.data.data_ptr(),
                                   0 if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
-                                  self.out_features, self.wide)
+                                  self.out_features, self.avx512)
         return y.view(*x.shape[:-1], self.out_features)
 
 

@@ -196,7 +196,7 @@ def _f16():
 
 @pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
 def loop(request):
-    """Each of the kernel's loops: ``wide`` for ``_Panels`` (the AVX-512 loop where the CPU has it)."""
+    """Each of the kernel's loops: ``avx512`` for ``_Panels`` (the AVX-512 loop where the CPU has it)."""
     module = _f16()
     if request.param and not module.avx512():
         pytest.skip("no AVX-512 on this CPU: only the AVX2 loop can run")
@@ -212,7 +212,7 @@ def test_own_float16_kernel_is_the_product_of_the_rounded_weights(shape, bias, l
     n, k = shape
     gen = torch.Generator().manual_seed(n + k)
     weight, b = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen) if bias else None
-    panels = cpu_linear._Panels(weight, b, wide=loop)
+    panels = cpu_linear._Panels(weight, b, avx512=loop)
     rounded = weight.half().double()
     for rows in list(range(0, 15)) + [23, 24, 25, 30]:
         x = torch.randn(rows, k, generator=gen)
@@ -230,7 +230,7 @@ def test_own_float16_kernel_writes_nothing_past_its_output(loop):
     for n in (1, 15, 16, 17, 31, 33, 50):
         for bias in (False, True):
             weight, b = torch.randn(n, 9, generator=gen), torch.randn(n, generator=gen) if bias else None
-            panels = cpu_linear._Panels(weight, b, wide=loop)
+            panels = cpu_linear._Panels(weight, b, avx512=loop)
             for rows in (1, 5, 7, 12, 13, 25):
                 x = torch.randn(rows, 9, generator=gen)
                 out = torch.full((rows * n + 64,), float("nan"))
@@ -241,11 +241,11 @@ def test_own_float16_kernel_writes_nothing_past_its_output(loop):
 
 
 def test_own_float16_kernel_refuses_what_this_cpu_cannot_run():
-    """Wide panels on a CPU without AVX-512 raise instead of running an illegal instruction; so do
-    bad sizes and null addresses."""
+    """The AVX-512 loop on a CPU without AVX-512 raises instead of running an illegal instruction;
+    so do bad sizes and null addresses."""
     module = _f16()
     x, y = torch.ones(1, 4), torch.empty(1, 16)
-    panels = cpu_linear._Panels(torch.ones(16, 4), wide=False)
+    panels = cpu_linear._Panels(torch.ones(16, 4), avx512=False)
     with pytest.raises(ValueError, match="negative size"):
         module.product(x.data_ptr(), -1, 4, panels.data.data_ptr(), 0, y.data_ptr(), 16, False)
     with pytest.raises(ValueError, match="null address"):
@@ -260,7 +260,7 @@ def test_own_float16_kernel_gives_a_row_the_same_bits_in_any_call(loop):
     """A row's result does not depend on how many rows share its call or where it sits."""
     gen = torch.Generator().manual_seed(3)
     panels = cpu_linear._Panels(torch.randn(200, 576, generator=gen) * 0.05, torch.randn(200, generator=gen),
-                                wide=loop)
+                                avx512=loop)
     x = torch.randn(30, 576, generator=gen)
     alone = torch.cat([panels(x[i:i + 1]) for i in range(len(x))])
     for m in range(2, len(x) + 1):
@@ -273,12 +273,12 @@ def test_own_float16_kernel_takes_any_input_layout_and_saturates_like_fbgemm(loo
     """3-D and non-contiguous float inputs are read as their values; weights beyond float16's range
     saturate at +-65504 (as fbgemm's packing does), not infinity."""
     weight = torch.tensor([[1e6, 0.0, 0.5], [-1e6, 1.0, 0.25]])
-    panels = cpu_linear._Panels(weight, wide=loop)
+    panels = cpu_linear._Panels(weight, avx512=loop)
     x = torch.tensor([[1.0, 2.0, 4.0]])
     assert panels(x).tolist() == [[65504.0 + 2.0, -65504.0 + 2.0 + 1.0]]
     gen = torch.Generator().manual_seed(4)
     weight = torch.randn(24, 10, generator=gen)
-    panels = cpu_linear._Panels(weight, wide=loop)
+    panels = cpu_linear._Panels(weight, avx512=loop)
     x = torch.randn(2, 10, 3, generator=gen).transpose(1, 2)  # (2, 3, 10), not contiguous
     expected = F.linear(x.double(), weight.half().double())
     torch.testing.assert_close(panels(x).double(), expected, rtol=1e-5, atol=1e-5)
@@ -300,7 +300,7 @@ def test_float16_layers_use_the_own_kernel_only_on_one_thread():
         two.load_state_dict(one.state_dict())
         assert cpu_linear.install_float16(two)
     packed = one.q_proj._stacked.product.keywords["packed"]
-    assert isinstance(packed, cpu_linear._Panels) and packed.wide == module.avx512()
+    assert isinstance(packed, cpu_linear._Panels) and packed.avx512 == module.avx512()
     assert not isinstance(two.q_proj._stacked.product.keywords["packed"], cpu_linear._Panels)
     x = torch.randn(7, 32)
     with torch.inference_mode():
@@ -309,18 +309,18 @@ def test_float16_layers_use_the_own_kernel_only_on_one_thread():
 
 
 def test_own_float16_kernels_avx2_and_avx512_loops_give_the_same_bits():
-    """Where the CPU has AVX-512 the wide loop serves (panels of 32 features); the AVX2 loop (16)
-    sums every value in the same order, so the two agree bit for bit, partial panels included."""
+    """Where the CPU has AVX-512 its loop serves; the AVX2 loop reads the same panels (16 features)
+    and sums every value in the same order, so the two agree bit for bit, partial panels included."""
     module = _f16()
     if not module.avx512():
         pytest.skip("no AVX-512 on this CPU: only the AVX2 loop can run")
     gen = torch.Generator().manual_seed(5)
     for n, k in [(960, 576), (40, 7), (16, 1), (3, 33), (48, 20), (80, 64)]:
         weight, bias = torch.randn(n, k, generator=gen) * 0.05, torch.randn(n, generator=gen)
-        wide = cpu_linear._Panels(weight, bias)
-        assert wide.wide and wide.data.shape == (-(-n // 32), k, 32)
-        narrow = cpu_linear._Panels(weight, bias, wide=False)
-        assert narrow.data.shape == (-(-n // 16), k, 16)
+        avx512 = cpu_linear._Panels(weight, bias)
+        assert avx512.avx512 and avx512.data.shape == (-(-n // 16), k, 16)
+        avx2 = cpu_linear._Panels(weight, bias, avx512=False)
+        assert torch.equal(avx2.data, avx512.data)
         for rows in (1, 2, 4, 6, 7, 11, 12, 13, 25, 40):
             x = torch.randn(rows, k, generator=gen)
-            assert torch.equal(wide(x), narrow(x)), (n, k, rows)
+            assert torch.equal(avx512(x), avx2(x)), (n, k, rows)
