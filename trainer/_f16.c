@@ -1,5 +1,6 @@
 /* Float16 weights times float32 rows on one core: the product behind ``trainer.cpu_linear``'s
- * float16 layers where torch runs on one thread (see cpu_linear's docstring).
+ * float16 layers where torch runs on one thread (see cpu_linear's docstring); and, at the end,
+ * the attention of trainer.packed_attention's packed steps on CPU.
  *
  *     y[m][n] = sum_k x[m][k] * w[n][k]  (+ bias[n])
  *
@@ -35,6 +36,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #define PANEL 16    /* output features a panel (both loops) */
@@ -191,6 +193,63 @@ product512(const float *x, long M, long K, const uint16_t *w, const float *bias,
     }
 }
 
+/* Attention for trainer.packed_attention's packed steps, on one core: token t of the packed
+ * sequence (a decoding row's next token, or one of a new prompt's tokens) has its key and value
+ * written to column stop[t] - 1 of cache slot slot[t], then each of its query heads attends over
+ * the count[t] columns before stop[t] of its key head (heads / key heads query heads share one),
+ * softmax in float32. The tokens go in order, so a prompt's token finds those before it written.
+ * Every value is summed in one order whatever the other tokens: a token's result has the same
+ * bits alone and in any batch. 8-float vectors (AVX2, FMA) on every CPU that runs the kernel, so
+ * AVX2 and AVX-512 CPUs give the same bits. */
+static inline __attribute__((always_inline)) KERNEL float
+hsum8(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static KERNEL void
+attend(long T, long H, long KH, long D, const float *q, long q_tok, long q_head, const float *kn, long kn_tok,
+       long kn_head, const float *vn, long vn_tok, long vn_head, float *kc, float *vc, long slot_stride,
+       long head_stride, const int64_t *slot, const int64_t *stop, const int64_t *count, float scale,
+       float *out, float *s)
+{
+    long G = H / KH;
+    for (long t = 0; t < T; t++) {
+        long n = count[t], first = stop[t] - n;
+        for (long h = 0; h < KH; h++) {
+            float *K = kc + slot[t] * slot_stride + h * head_stride, *V = vc + slot[t] * slot_stride + h * head_stride;
+            memcpy(K + (stop[t] - 1) * D, kn + t * kn_tok + h * kn_head, D * sizeof(float));
+            memcpy(V + (stop[t] - 1) * D, vn + t * vn_tok + h * vn_head, D * sizeof(float));
+            for (long g = 0; g < G; g++) {
+                const float *qv = q + t * q_tok + (h * G + g) * q_head;
+                float m = -INFINITY, sum = 0.0f;
+                for (long j = 0; j < n; j++) {
+                    const float *kv = K + (first + j) * D;
+                    __m256 acc = _mm256_setzero_ps();
+                    for (long i = 0; i < D; i += 8)
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qv + i), _mm256_loadu_ps(kv + i), acc);
+                    s[j] = hsum8(acc) * scale;
+                    m = s[j] > m ? s[j] : m;
+                }
+                for (long j = 0; j < n; j++) {
+                    s[j] = expf(s[j] - m);
+                    sum += s[j];
+                }
+                float *o = out + (t * H + h * G + g) * D;
+                for (long i = 0; i < D; i += 8) {
+                    __m256 acc = _mm256_setzero_ps();
+                    for (long j = 0; j < n; j++)
+                        acc = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), _mm256_loadu_ps(V + (first + j) * D + i), acc);
+                    _mm256_storeu_ps(o + i, _mm256_mul_ps(acc, _mm256_set1_ps(1.0f / sum)));
+                }
+            }
+        }
+    }
+}
+
 static int
 has_avx2(void)
 {
@@ -254,6 +313,56 @@ f16_product(PyObject *self, PyObject *args)
 #endif
 }
 
+
+static PyObject *
+f16_attend(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long long q, kn, vn, kc, vc, plan, out;
+    Py_ssize_t T, H, KH, D, q_tok, q_head, kn_tok, kn_head, vn_tok, vn_head, slots, columns;
+    float scale;
+    if (!PyArg_ParseTuple(args, "nnnnKnnKnnKnnKKnnKfK", &T, &H, &KH, &D, &q, &q_tok, &q_head, &kn, &kn_tok,
+                          &kn_head, &vn, &vn_tok, &vn_head, &kc, &vc, &slots, &columns, &plan, &scale, &out))
+        return NULL;
+    if (T < 0 || KH <= 0 || H % KH || D <= 0 || D % 8 || slots <= 0 || columns <= 0 || !q || !kn || !vn || !kc
+        || !vc || !plan || !out) {
+        PyErr_SetString(PyExc_ValueError, "attend: bad sizes or null address");
+        return NULL;
+    }
+    /* plan: 3 x T int64, each token's slot, stop and count: checked against the cache's slots and
+       columns before anything is written */
+    const int64_t *slot = (const int64_t *)plan, *stop = slot + T, *count = stop + T;
+    long longest = 1;
+    for (Py_ssize_t t = 0; t < T; t++) {
+        if (slot[t] < 0 || slot[t] >= slots || count[t] < 1 || stop[t] > columns || stop[t] - count[t] < 0) {
+            PyErr_Format(PyExc_ValueError, "attend: token %zd: slot %lld, columns %lld to %lld outside the cache",
+                         t, (long long)slot[t], (long long)(stop[t] - count[t]), (long long)stop[t]);
+            return NULL;
+        }
+        longest = count[t] > longest ? count[t] : longest;
+    }
+#ifdef HAVE_KERNEL
+    if (!has_avx2()) {
+        PyErr_SetString(PyExc_RuntimeError, "attend: this CPU lacks AVX2, FMA or F16C");
+        return NULL;
+    }
+    float *s = PyMem_RawMalloc(longest * sizeof(float));
+    if (!s)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    /* one key head's columns: head_stride floats; one slot: KH of them */
+    attend(T, H, KH, D, (const float *)q, q_tok, q_head, (const float *)kn, kn_tok, kn_head, (const float *)vn,
+           vn_tok, vn_head, (float *)kc, (float *)vc, KH * columns * D, columns * D, slot, stop, count, scale,
+           (float *)out, s);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(s);
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "the kernel needs an x86-64 CPU");
+    return NULL;
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"supported", f16_supported, METH_NOARGS, "Whether this CPU has AVX2, FMA and F16C."},
     {"avx512", f16_avx512, METH_NOARGS, "Whether this CPU can run the AVX-512 loop."},
@@ -262,13 +371,19 @@ static PyMethodDef methods[] = {
      "the panels of 16 features at w, plus bias (n float32; 0 for none). avx512: run the AVX-512\n"
      "loop, else the AVX2 loop (see the module's source); both give the same bits. Addresses are\n"
      "those of contiguous tensors that the caller keeps alive; the GIL is released meanwhile."},
+    {"attend", f16_attend, METH_VARARGS,
+     "attend(T, H, KH, D, q, q_tok, q_head, k, k_tok, k_head, v, v_tok, v_head, kc, vc, slots, columns,\n"
+     "plan, scale, out): attention of T packed tokens (see the module's source). q, k, v: float32\n"
+     "addresses with their token and head strides in floats; kc, vc: a layer's keys and values, each\n"
+     "slots x KH x columns x D contiguous float32; plan: 3 x T int64 (each token's slot, stop and\n"
+     "count); out: T x H x D float32. The GIL is released meanwhile."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "_f16",
-    .m_doc = "Float16-weight products (AVX2 or AVX-512) for decoding steps on one core.",
+    .m_doc = "Float16-weight products (AVX2 or AVX-512) and packed steps' attention, on one core.",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -160,7 +160,7 @@ class Generator:
         # "Article:"), as token ids: their keys and values are the same in every such prompt, so
         # packed steps compute them once per Generator (``_lead``) and feed only the rest.
         self._leads = _template_leads(tokenizer, cfg.prompt) if self._packed else ()
-        self._lead_kv: dict[tuple[int, ...], tuple[list, list]] = {}
+        self._lead_kv: dict[tuple[int, ...], torch.Tensor] = {}
         # The cache buffer of the last packed batch that emptied, for the next batch to start in
         # (taken by one batch at a time): a service that answers one request at a time does not
         # make a buffer for each.
@@ -247,9 +247,9 @@ class Generator:
                 results[i] = result
         return results
 
-    def _lead(self, ids: list[int]) -> tuple[list, list] | None:
-        """Keys and values (per layer, (1, kv_heads, P, d)) of the longest template lead that
-        ``ids`` starts with, leaving at least one token to feed; None when there is none.
+    def _lead(self, ids: list[int]) -> torch.Tensor | None:
+        """Keys and values (layers, 2, 1, kv_heads, P, d) of the longest template lead that ``ids``
+        starts with, leaving at least one token to feed; None when there is none.
 
         A prompt's first P tokens attend only to each other, so their keys and values are the
         same in every prompt that starts with them: computed on first use, then kept."""
@@ -270,8 +270,7 @@ class Generator:
             with torch.inference_mode():
                 self._packed_call(torch.tensor(lead, device=dev), torch.arange(P, device=dev), [P - 1], packing)
             end = packing.new_end
-            kv = packing.new_cache[:, :, :1, :, end - P:end].clone()  # (layers, 2, 1, kv_heads, P, d)
-            held = self._lead_kv[lead] = (list(kv[:, 0]), list(kv[:, 1]))
+            held = self._lead_kv[lead] = packing.new_cache[:, :, :1, :, end - P:end].clone()  # (layers, 2, 1, kv_heads, P, d)
         return held
 
     def _packed_call(self, ids: torch.Tensor, positions: torch.Tensor, last: list[int], packing):
@@ -705,7 +704,7 @@ class PackedDecodeBatch(DecodeBatch):
         prompts = [torch.tensor(prompt, dtype=torch.long, device=dev) for _, prompt in pending]
         for (rows, prompt), prompt_ids in zip(pending, prompts):
             lead = g._lead(prompt)  # its first P tokens' keys and values, computed once
-            P = lead[0][0].shape[2] if lead else 0
+            P = lead.shape[4] if lead is not None else 0
             segments.append((offset, len(prompt), len(rows), lead))
             ids.append(prompt_ids[P:])
             positions.append(torch.arange(P, len(prompt), device=dev))

@@ -36,6 +36,19 @@ PATHS = ["gpt2-packed", "llama-packed", "gpt2-general", "llama-packed-float16", 
 packed_paths = pytest.mark.parametrize("any_generator", [p for p in PATHS if "packed" in p], indirect=True)
 
 
+@pytest.fixture(autouse=True, params=["kernel", "sdpa"])
+def attention(request, monkeypatch):
+    """Every test both ways of packed attention: trainer._f16's kernel (on CPUs that run it, in
+    float32) and the windows with sdpa (elsewhere)."""
+    from trainer import packed_attention
+
+    if request.param == "sdpa":
+        monkeypatch.setattr(packed_attention, "_kernel", lambda: None)
+    elif packed_attention._kernel() is None:
+        pytest.skip("trainer._f16 does not run on this CPU: sdpa only")
+    return request.param
+
+
 @pytest.fixture(scope="module", params=PATHS)
 def any_generator(request, tiny_model_dir, tiny_llama_dir):
     arch, path, *weights = request.param.split("-")
@@ -306,6 +319,31 @@ def test_a_decoding_row_attends_the_same_alone_batched_and_whatever_its_padding_
         v = torch.cat([cache[0, 1, r, :, 70 - n:70], value[0, :, r, None]], dim=1).repeat_interleave(3, 0)
         weights = torch.softmax(query[0, :, r, None] @ k.transpose(1, 2) / d ** 0.5, dim=-1)
         torch.testing.assert_close(batched[r], (weights @ v)[:, 0])
+
+
+def test_the_attention_kernel_refuses_a_plan_outside_its_cache(attention):
+    """trainer._f16.attend checks every token's slot and columns against the cache before it writes
+    anything: a plan outside it is a ValueError naming the token, and the cache is left as it was."""
+    from trainer import packed_attention
+
+    if attention == "sdpa":
+        pytest.skip("the kernel's own check")
+    kernel = packed_attention._kernel()
+    q, k, v = torch.randn(2, 9, 64), torch.randn(2, 3, 64), torch.randn(2, 3, 64)  # (tokens, heads, d)
+    cache = torch.zeros(2, 4, 3, 16, 64)  # keys and values: (slots, key heads, columns, d) each
+    before, out = cache.clone(), torch.empty(2, 9, 64)
+    ok = [[0, 1], [5, 5], [1, 5]]
+    for bad in ([[0, 4], [5, 5], [1, 1]], [[0, 1], [5, 17], [1, 1]], [[0, 1], [5, 5], [1, 6]], [[0, 1], [5, 5], [1, 0]]):
+        plan = torch.tensor(bad, dtype=torch.int64)
+        with pytest.raises(ValueError, match="token 1: .* outside the cache"):
+            kernel.attend(2, 9, 3, 64, q.data_ptr(), 9 * 64, 64, k.data_ptr(), 3 * 64, 64, v.data_ptr(), 3 * 64, 64,
+                          cache[0].data_ptr(), cache[1].data_ptr(), 4, 16, plan.data_ptr(), 0.125, out.data_ptr())
+        assert torch.equal(cache, before)
+    plan = torch.tensor(ok, dtype=torch.int64)
+    kernel.attend(2, 9, 3, 64, q.data_ptr(), 9 * 64, 64, k.data_ptr(), 3 * 64, 64, v.data_ptr(), 3 * 64, 64,
+                  cache[0].data_ptr(), cache[1].data_ptr(), 4, 16, plan.data_ptr(), 0.125, out.data_ptr())
+    torch.testing.assert_close(out[0], v[0].repeat_interleave(3, 0))  # one key: its value, every head
+    assert torch.equal(cache[0, 1, :, 4], k[1]) and torch.equal(cache[1, 1, :, 4], v[1])
 
 
 def _nan_buffers(monkeypatch) -> None:
@@ -607,7 +645,7 @@ def test_packed_prompt_with_several_headlines_runs_once(generator):
     finally:
         hook.remove()
     assert len(out.texts) == 3
-    assert lead is not None and fed[0] == len(ids) - lead[0][0].shape[2]
+    assert lead is not None and fed[0] == len(ids) - lead.shape[4]
 
 
 def test_template_leads_are_computed_once_and_change_nothing(any_generator):
