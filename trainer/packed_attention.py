@@ -240,7 +240,9 @@ class Packing:
             kernel = _kernel()
             dtypes = {query.dtype, key.dtype, value.dtype, (key if self.cache is None else self.cache).dtype}
             native = (kernel is not None and query.device.type == "cpu" and dtypes == {torch.float32}
-                      and query.shape[-1] % 8 == 0 and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1)
+                      and query.shape[0] == 1 and query.shape[-1] % 8 == 0
+                      and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1
+                      and (self.cache is None or self.cache.is_contiguous()))
             self._place(key, masks=not native)
             if native:
                 self._plan(kernel)
