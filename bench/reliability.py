@@ -459,7 +459,7 @@ are not hidden; *p99 (from sent)* is the round trip of the requests as actually 
 
 Machine: {m['cpu']}, {m['cores']} cores available, {m['memory']} RAM; {m['os']}; Python {m['python']},
 nginx {m['nginx']}, redis {m['redis']}. Run {report['started']}, {report['duration_s']} s in all. The
-machine was shared with other work while this ran, so latencies are indicative.
+load generator runs on the same cores as the stack, on a VM whose cores may be shared, so latencies are indicative.
 
 How each fault is made: *kill*: SIGKILL to the Gunicorn master and its worker (its process group), then a
 restart on the same port, as a supervisor would; *Redis*: the private redis-server stopped (SIGTERM), started
