@@ -313,7 +313,6 @@ f16_product(PyObject *self, PyObject *args)
 #endif
 }
 
-
 static PyObject *
 f16_attend(PyObject *self, PyObject *args)
 {

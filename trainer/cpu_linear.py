@@ -192,6 +192,9 @@ def install(model, *, force: bool | None = None) -> bool:
     return True
 
 
+PANEL = 16  # output features a panel of ``_Panels`` (the kernel's PANEL, both loops)
+
+
 class _Panels:
     """A weight (and bias) packed for ``trainer._f16``: float16 panels of 16 output features, each
     stored k-major, zero past the last feature, read by both of the kernel's loops. Values beyond
@@ -206,10 +209,10 @@ class _Panels:
 
         n, k = weight.shape
         self.avx512 = _f16_module().avx512() if avx512 is None else avx512
-        panels = -(-n // 16)
-        data = torch.zeros(panels * 16, k, dtype=torch.float16)
+        panels = -(-n // PANEL)
+        data = torch.zeros(panels * PANEL, k, dtype=torch.float16)
         data[:n] = weight.detach().clamp(-65504.0, 65504.0)
-        self.data = data.view(panels, 16, k).transpose(1, 2).contiguous()
+        self.data = data.view(panels, PANEL, k).transpose(1, 2).contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_features, self.in_features = n, k
 

@@ -332,16 +332,17 @@ def test_the_attention_kernel_refuses_a_plan_outside_its_cache(attention):
     q, k, v = torch.randn(2, 9, 64), torch.randn(2, 3, 64), torch.randn(2, 3, 64)  # (tokens, heads, d)
     cache = torch.zeros(2, 4, 3, 16, 64)  # keys and values: (slots, key heads, columns, d) each
     before, out = cache.clone(), torch.empty(2, 9, 64)
-    ok = [[0, 1], [5, 5], [1, 5]]
+
+    def attend(plan):  # plan: each token's slot, stop and count
+        plan = torch.tensor(plan, dtype=torch.int64)
+        kernel.attend(2, 9, 3, 64, q.data_ptr(), 9 * 64, 64, k.data_ptr(), 3 * 64, 64, v.data_ptr(), 3 * 64, 64,
+                      cache[0].data_ptr(), cache[1].data_ptr(), 4, 16, plan.data_ptr(), 0.125, out.data_ptr())
+
     for bad in ([[0, 4], [5, 5], [1, 1]], [[0, 1], [5, 17], [1, 1]], [[0, 1], [5, 5], [1, 6]], [[0, 1], [5, 5], [1, 0]]):
-        plan = torch.tensor(bad, dtype=torch.int64)
         with pytest.raises(ValueError, match="token 1: .* outside the cache"):
-            kernel.attend(2, 9, 3, 64, q.data_ptr(), 9 * 64, 64, k.data_ptr(), 3 * 64, 64, v.data_ptr(), 3 * 64, 64,
-                          cache[0].data_ptr(), cache[1].data_ptr(), 4, 16, plan.data_ptr(), 0.125, out.data_ptr())
+            attend(bad)
         assert torch.equal(cache, before)
-    plan = torch.tensor(ok, dtype=torch.int64)
-    kernel.attend(2, 9, 3, 64, q.data_ptr(), 9 * 64, 64, k.data_ptr(), 3 * 64, 64, v.data_ptr(), 3 * 64, 64,
-                  cache[0].data_ptr(), cache[1].data_ptr(), 4, 16, plan.data_ptr(), 0.125, out.data_ptr())
+    attend([[0, 1], [5, 5], [1, 5]])
     torch.testing.assert_close(out[0], v[0].repeat_interleave(3, 0))  # one key: its value, every head
     assert torch.equal(cache[0, 1, :, 4], k[1]) and torch.equal(cache[1, 1, :, 4], v[1])
 
